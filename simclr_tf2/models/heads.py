@@ -1,0 +1,192 @@
+"""SimCLR's projection head g and the supervised (linear evaluation) head."""
+
+from __future__ import annotations
+
+import keras
+
+from simclr_tf2.models.resnet import BATCH_NORM_EPSILON, batch_norm
+
+PROJ_HEAD_MODES = ("none", "linear", "nonlinear")
+
+
+class LinearLayer(keras.layers.Layer):
+    """Dense layer, optionally followed by batch norm (then the Dense has no bias).
+
+    Args:
+        units: output width.
+        use_bias: learn an offset (the norm's beta when `use_bn`).
+        use_bn: follow the Dense with batch norm.
+        global_bn, batch_norm_decay, batch_norm_epsilon: as in `ResNet`.
+    """
+
+    def __init__(
+        self,
+        units: int,
+        use_bias: bool = True,
+        use_bn: bool = False,
+        global_bn: bool = True,
+        batch_norm_decay: float = 0.9,
+        batch_norm_epsilon: float = BATCH_NORM_EPSILON,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.units = units
+        self.use_bias = use_bias
+        self.use_bn = use_bn
+        self.global_bn = global_bn
+        self.batch_norm_decay = batch_norm_decay
+        self.batch_norm_epsilon = batch_norm_epsilon
+        self.dense = keras.layers.Dense(
+            units,
+            use_bias=use_bias and not use_bn,
+            kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+            name="dense",
+        )
+        self.norm = None
+        if use_bn:
+            self.norm = batch_norm(
+                global_bn=global_bn,
+                momentum=batch_norm_decay,
+                epsilon=batch_norm_epsilon,
+                center=use_bias,
+                name="batch_normalization",
+            )
+
+    def call(self, inputs, training=None):
+        x = self.dense(inputs)
+        if self.norm is not None:
+            x = self.norm(x, training=training)
+        return x
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "units": self.units,
+                "use_bias": self.use_bias,
+                "use_bn": self.use_bn,
+                "global_bn": self.global_bn,
+                "batch_norm_decay": self.batch_norm_decay,
+                "batch_norm_epsilon": self.batch_norm_epsilon,
+            }
+        )
+        return config
+
+
+def num_head_outputs(proj_head_mode: str, num_proj_layers: int) -> int:
+    """How many layers the head has, i.e. the largest valid `ft_proj_selector`."""
+    if proj_head_mode == "none":
+        return 0
+    if proj_head_mode == "linear":
+        return 1
+    if proj_head_mode == "nonlinear":
+        return num_proj_layers
+    raise ValueError(f"proj_head_mode={proj_head_mode!r} is not one of {PROJ_HEAD_MODES}.")
+
+
+class ProjectionHead(keras.layers.Layer):
+    """The projection head g that maps h to the space of the contrastive loss.
+
+    Modes:
+      - "none": z = h.
+      - "linear": one Dense + BN to `proj_out_dim`.
+      - "nonlinear": `num_proj_layers` layers; the hidden ones are Dense + BN +
+        ReLU as wide as h, the last is Dense + BN to `proj_out_dim`, no ReLU.
+
+    Call returns `(z, hiddens)`, where `hiddens[0]` is h and `hiddens[i]` the
+    output of the i-th layer; `hiddens[ft_proj_selector]` feeds the supervised
+    head when fine-tuning (SimCLRv2 fine-tunes from the middle of the head).
+
+    Args:
+        proj_head_mode: "none", "linear" or "nonlinear".
+        proj_out_dim: width of z.
+        num_proj_layers: depth of the nonlinear head.
+        global_bn, batch_norm_decay, batch_norm_epsilon: as in `ResNet`.
+    """
+
+    def __init__(
+        self,
+        proj_head_mode: str = "nonlinear",
+        proj_out_dim: int = 128,
+        num_proj_layers: int = 3,
+        global_bn: bool = True,
+        batch_norm_decay: float = 0.9,
+        batch_norm_epsilon: float = BATCH_NORM_EPSILON,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if proj_head_mode == "nonlinear" and num_proj_layers < 1:
+            raise ValueError(
+                f"num_proj_layers={num_proj_layers} must be >= 1 with a nonlinear head."
+            )
+        num_head_outputs(proj_head_mode, num_proj_layers)  # validates the mode
+        if proj_out_dim < 1:
+            raise ValueError(f"proj_out_dim={proj_out_dim} must be >= 1.")
+        self.proj_head_mode = proj_head_mode
+        self.proj_out_dim = proj_out_dim
+        self.num_proj_layers = num_proj_layers
+        self.global_bn = global_bn
+        self.batch_norm_decay = batch_norm_decay
+        self.batch_norm_epsilon = batch_norm_epsilon
+        self.layers_ = []
+
+    def build(self, input_shape):
+        bn_args = dict(
+            global_bn=self.global_bn,
+            batch_norm_decay=self.batch_norm_decay,
+            batch_norm_epsilon=self.batch_norm_epsilon,
+        )
+        if self.proj_head_mode == "linear":
+            self.layers_ = [
+                LinearLayer(self.proj_out_dim, use_bias=False, use_bn=True, name="nl_0", **bn_args)
+            ]
+        elif self.proj_head_mode == "nonlinear":
+            width = int(input_shape[-1])
+            self.layers_ = [
+                LinearLayer(width, use_bias=True, use_bn=True, name=f"nl_{j}", **bn_args)
+                for j in range(self.num_proj_layers - 1)
+            ]
+            self.layers_.append(
+                LinearLayer(
+                    self.proj_out_dim,
+                    use_bias=False,
+                    use_bn=True,
+                    name=f"nl_{self.num_proj_layers - 1}",
+                    **bn_args,
+                )
+            )
+
+    def call(self, inputs, training=None):
+        hiddens = [inputs]
+        x = inputs
+        last = len(self.layers_) - 1
+        for j, layer in enumerate(self.layers_):
+            x = layer(x, training=training)
+            if j < last and self.proj_head_mode == "nonlinear":
+                x = keras.ops.relu(x)
+            hiddens.append(x)
+        return x, hiddens
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "proj_head_mode": self.proj_head_mode,
+                "proj_out_dim": self.proj_out_dim,
+                "num_proj_layers": self.num_proj_layers,
+                "global_bn": self.global_bn,
+                "batch_norm_decay": self.batch_norm_decay,
+                "batch_norm_epsilon": self.batch_norm_epsilon,
+            }
+        )
+        return config
+
+
+def supervised_head(num_classes: int, zero_init: bool = False) -> keras.layers.Dense:
+    """The linear classifier on h (or on a head layer when fine-tuning).
+
+    Its name, "head_supervised", is what keeps it out of LARS's weight decay and
+    trust ratio (it gets an L2 term in the loss instead).
+    """
+    initializer = "zeros" if zero_init else keras.initializers.RandomNormal(stddev=0.01)
+    return keras.layers.Dense(num_classes, kernel_initializer=initializer, name="head_supervised")

@@ -1,0 +1,355 @@
+"""SimCLRModel: encoder, projection head and supervised head, trained by `fit`.
+
+`train_step` and `test_step` work under any `tf.distribute` strategy: every
+replica contrasts its pairs against the projections gathered from all replicas
+(`losses.nt_xent`), batch norm can be synchronised (`global_bn`), and the
+per-replica loss is divided by the number of replicas because the optimizer
+sums the replicas' gradients.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from simclr_tf2.losses import nt_xent
+from simclr_tf2.models.heads import ProjectionHead, num_head_outputs, supervised_head
+from simclr_tf2.models.resnet import BATCH_NORM_EPSILON, ResNet
+from simclr_tf2.optim.lars import LARS
+
+TRAIN_MODES = ("pretrain", "finetune")
+
+
+def _l2_loss(variable) -> tf.Tensor:
+    # tf.nn.l2_loss: sum(x ** 2) / 2, the paper code's weight-decay term.
+    return 0.5 * tf.reduce_sum(tf.square(tf.cast(variable, tf.float32)))
+
+
+@keras.saving.register_keras_serializable(package="simclr_tf2")
+class SimCLRModel(keras.Model):
+    """SimCLR for pretraining (contrastive) and fine-tuning (supervised).
+
+    Inputs to `fit` / `evaluate` are `(x, labels)` or `x` alone, with integer
+    labels. In pretraining, x holds two views of each image: a (B, H, W, 6)
+    tensor (view 1 in channels 0-2, view 2 in 3-5) or a tuple of two
+    (B, H, W, 3) tensors; they are stacked on the batch axis. In fine-tuning,
+    and for evaluation, x is (B, H, W, 3). Pixels are floats in [0, 1].
+
+    Args:
+        num_classes: classes of the supervised head; None for no head.
+        train_mode: "pretrain" or "finetune".
+        resnet_depth, width_multiplier, cifar_stem, sk_ratio, se_ratio: the
+            encoder (see `ResNet`).
+        global_bn: synchronised batch norm in the encoder and the heads.
+        batch_norm_decay, batch_norm_epsilon: batch norm settings.
+        proj_head_mode, proj_out_dim, num_proj_layers: the projection head.
+        ft_proj_selector: which head output feeds the supervised head when
+            fine-tuning (0 = h, i = the i-th head layer).
+        temperature: NT-Xent temperature.
+        hidden_norm: L2-normalise projections in the loss.
+        lineareval_while_pretraining: train the supervised head on
+            `stop_gradient(h)` while pretraining (labels repeated for both views).
+        fine_tune_after_block: in fine-tuning, freeze the network up to and
+            including this stage: -1 trains everything, 0 freezes the stem,
+            1-3 the stem and block groups up to that one, 4 the whole encoder.
+            Frozen stages also keep their batch-norm statistics (inference mode).
+        weight_decay: L2 coefficient. With LARS the optimizer applies it to the
+            encoder and projection head, and the model adds `weight_decay *
+            l2(supervised kernel)` to the loss; with any other optimizer the
+            model adds it for every non-batch-norm weight (the paper's code).
+        zero_init_logits_layer: start the supervised head at zero.
+    """
+
+    def __init__(
+        self,
+        num_classes: int | None = None,
+        train_mode: str = "pretrain",
+        resnet_depth: int = 50,
+        width_multiplier: float = 1,
+        cifar_stem: bool = False,
+        sk_ratio: float = 0.0,
+        se_ratio: float = 0.0,
+        global_bn: bool = True,
+        batch_norm_decay: float = 0.9,
+        batch_norm_epsilon: float = BATCH_NORM_EPSILON,
+        proj_head_mode: str = "nonlinear",
+        proj_out_dim: int = 128,
+        num_proj_layers: int = 3,
+        ft_proj_selector: int = 0,
+        temperature: float = 0.1,
+        hidden_norm: bool = True,
+        lineareval_while_pretraining: bool = True,
+        fine_tune_after_block: int = -1,
+        weight_decay: float = 0.0,
+        zero_init_logits_layer: bool = False,
+        **kwargs,
+    ):
+        kwargs.setdefault("name", "simclr_model")
+        super().__init__(**kwargs)
+        if train_mode not in TRAIN_MODES:
+            raise ValueError(f"train_mode={train_mode!r} is not one of {TRAIN_MODES}.")
+        if train_mode == "finetune" and not num_classes:
+            raise ValueError("train_mode='finetune' needs num_classes (a supervised head).")
+        if not -1 <= fine_tune_after_block <= 4:
+            raise ValueError(f"fine_tune_after_block={fine_tune_after_block} must be in [-1, 4].")
+        if train_mode == "pretrain" and fine_tune_after_block != -1:
+            raise ValueError(
+                f"fine_tune_after_block={fine_tune_after_block} only applies to "
+                "train_mode='finetune'; use -1 when pretraining."
+            )
+        max_selector = num_head_outputs(proj_head_mode, num_proj_layers)
+        if not 0 <= ft_proj_selector <= max_selector:
+            raise ValueError(
+                f"ft_proj_selector={ft_proj_selector} must be in [0, {max_selector}] "
+                f"for proj_head_mode={proj_head_mode!r} with num_proj_layers={num_proj_layers}."
+            )
+        if temperature <= 0:
+            raise ValueError(f"temperature={temperature} must be positive.")
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay={weight_decay} must be >= 0.")
+
+        self.num_classes = num_classes
+        self.train_mode = train_mode
+        self.resnet_depth = resnet_depth
+        self.width_multiplier = width_multiplier
+        self.cifar_stem = cifar_stem
+        self.sk_ratio = sk_ratio
+        self.se_ratio = se_ratio
+        self.global_bn = global_bn
+        self.batch_norm_decay = batch_norm_decay
+        self.batch_norm_epsilon = batch_norm_epsilon
+        self.proj_head_mode = proj_head_mode
+        self.proj_out_dim = proj_out_dim
+        self.num_proj_layers = num_proj_layers
+        self.ft_proj_selector = ft_proj_selector
+        self.temperature = temperature
+        self.hidden_norm = hidden_norm
+        self.lineareval_while_pretraining = lineareval_while_pretraining
+        self.fine_tune_after_block = fine_tune_after_block
+        self.weight_decay = weight_decay
+        self.zero_init_logits_layer = zero_init_logits_layer
+
+        bn_args = dict(
+            global_bn=global_bn,
+            batch_norm_decay=batch_norm_decay,
+            batch_norm_epsilon=batch_norm_epsilon,
+        )
+        self.encoder = ResNet(
+            resnet_depth,
+            width_multiplier,
+            cifar_stem,
+            sk_ratio=sk_ratio,
+            se_ratio=se_ratio,
+            name="resnet",
+            **bn_args,
+        )
+        self.projection_head = ProjectionHead(
+            proj_head_mode, proj_out_dim, num_proj_layers, name="projection_head", **bn_args
+        )
+        self.supervised_head = None
+        if num_classes and (train_mode == "finetune" or lineareval_while_pretraining):
+            self.supervised_head = supervised_head(num_classes, zero_init_logits_layer)
+        if train_mode == "finetune":
+            for stage in self.encoder.stages[: fine_tune_after_block + 1]:
+                for layer in stage:
+                    layer.trainable = False
+
+        mean = keras.metrics.Mean
+        self.contrast_loss_tracker = mean(name="contrast_loss")
+        self.contrast_acc_tracker = mean(name="contrast_acc")
+        self.contrast_entropy_tracker = mean(name="contrast_entropy")
+        self.supervised_loss_tracker = mean(name="supervised_loss")
+        self.supervised_acc_tracker = keras.metrics.SparseCategoricalAccuracy(
+            name="supervised_acc"
+        )
+        self.supervised_top5_tracker = keras.metrics.SparseTopKCategoricalAccuracy(
+            k=5, name="supervised_top5_acc"
+        )
+        self.weight_decay_tracker = mean(name="weight_decay")
+        self.total_loss_tracker = mean(name="total_loss")
+
+    @property
+    def metrics(self):
+        return [
+            self.contrast_loss_tracker,
+            self.contrast_acc_tracker,
+            self.contrast_entropy_tracker,
+            self.supervised_loss_tracker,
+            self.supervised_acc_tracker,
+            self.supervised_top5_tracker,
+            self.weight_decay_tracker,
+            self.total_loss_tracker,
+        ]
+
+    # ----------------------------------------------------------------- forward
+
+    @staticmethod
+    def stack_views(x) -> tf.Tensor:
+        """(B,H,W,6) or (view1, view2) -> (2B,H,W,3); (B,H,W,3) is returned as is."""
+        if isinstance(x, (tuple, list)):
+            return tf.concat(list(x), axis=0)
+        channels = x.shape[-1]
+        if channels == 3:
+            return x
+        if channels != 6:
+            raise ValueError(
+                f"SimCLRModel expects images with 3 channels, or two views with 6; got {channels}."
+            )
+        return tf.concat(tf.split(x, 2, axis=-1), axis=0)
+
+    def call(self, inputs, training=False):
+        """Returns the named outputs of the network on `inputs`.
+
+        The dict has the encoder's block outputs and `final_avg_pool` (h),
+        `proj_head_output` (z) and, with a supervised head, `logits_sup`. Two
+        views are stacked on the batch axis first (view 1 rows, then view 2).
+        """
+        images = self.stack_views(inputs)
+        outputs = dict(self.encoder(images, training=training))
+        h = outputs["final_avg_pool"]
+        z, hiddens = self.projection_head(h, training=training)
+        outputs["proj_head_output"] = z
+        if self.supervised_head is not None:
+            if self.train_mode == "pretrain":
+                # Linear evaluation while pretraining must not shape the encoder.
+                sup_input = tf.stop_gradient(h)
+            else:
+                sup_input = hiddens[self.ft_proj_selector]
+            outputs["logits_sup"] = self.supervised_head(sup_input)
+        return outputs
+
+    # ------------------------------------------------------------------ losses
+
+    def weight_decay_loss(self) -> tf.Tensor:
+        """The L2 term the model adds to the loss (see the class docstring)."""
+        if not self.weight_decay:
+            return tf.constant(0.0)
+        if isinstance(self.optimizer, LARS):
+            variables = [
+                v
+                for v in self.trainable_variables
+                if "head_supervised" in v.path and "bias" not in v.path
+            ]
+        else:
+            variables = [v for v in self.trainable_variables if "batch_normalization" not in v.path]
+        if not variables:
+            return tf.constant(0.0)
+        return self.weight_decay * tf.add_n([_l2_loss(v) for v in variables])
+
+    def _contrastive_terms(self, outputs) -> tuple[tf.Tensor, dict]:
+        loss, logits_ab, labels = nt_xent(
+            outputs["proj_head_output"], self.temperature, self.hidden_norm
+        )
+        prob = tf.nn.softmax(logits_ab)
+        entropy = -tf.reduce_mean(tf.reduce_sum(prob * tf.math.log(prob + 1e-8), axis=-1))
+        correct = tf.equal(tf.argmax(labels, axis=1), tf.argmax(logits_ab, axis=1))
+        acc = tf.reduce_mean(tf.cast(correct, tf.float32))
+        return loss, {"contrast_acc": acc, "contrast_entropy": entropy}
+
+    def compute_losses(self, x, y=None, training: bool = False) -> dict:
+        """All loss terms of one step on this replica's batch.
+
+        Returns a dict with `total_loss` and the terms that apply:
+        `contrast_loss` (+ `contrast_acc`, `contrast_entropy`) for two-view
+        inputs, `supervised_loss` and `logits_sup`/`sup_labels` when labels and
+        a supervised head are there, and `weight_decay`.
+        """
+        two_views = isinstance(x, (tuple, list)) or x.shape[-1] == 6
+        outputs = self(x, training=training)
+        terms = {}
+        total = tf.constant(0.0)
+        if two_views and self.train_mode == "pretrain":
+            loss, stats = self._contrastive_terms(outputs)
+            terms.update(contrast_loss=loss, **stats)
+            total += loss
+        if y is not None and self.supervised_head is not None:
+            logits = tf.cast(outputs["logits_sup"], tf.float32)
+            labels = tf.cast(y, tf.int32)
+            if two_views:
+                labels = tf.concat([labels, labels], axis=0)
+            sup_loss = tf.reduce_mean(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+            )
+            terms.update(supervised_loss=sup_loss, logits_sup=logits, sup_labels=labels)
+            total += sup_loss
+        wd = self.weight_decay_loss()
+        terms["weight_decay"] = wd
+        terms["total_loss"] = total + wd
+        return terms
+
+    # ------------------------------------------------------------------- steps
+
+    def _update_metrics(self, terms: dict, top5: bool = False) -> dict:
+        trackers = {
+            "contrast_loss": self.contrast_loss_tracker,
+            "contrast_acc": self.contrast_acc_tracker,
+            "contrast_entropy": self.contrast_entropy_tracker,
+            "supervised_loss": self.supervised_loss_tracker,
+            "weight_decay": self.weight_decay_tracker,
+            "total_loss": self.total_loss_tracker,
+        }
+        logs = {}
+        for key, tracker in trackers.items():
+            if key in terms:
+                tracker.update_state(terms[key])
+                logs[key] = tracker.result()
+        if "logits_sup" in terms:
+            accuracy = [self.supervised_acc_tracker]
+            if top5:
+                accuracy.append(self.supervised_top5_tracker)
+            for tracker in accuracy:
+                tracker.update_state(terms["sup_labels"], terms["logits_sup"])
+                logs[tracker.name] = tracker.result()
+        return logs
+
+    def train_step(self, data):
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        with tf.GradientTape() as tape:
+            terms = self.compute_losses(x, y, training=True)
+            # The optimizer sums gradients over replicas.
+            loss = terms["total_loss"] / replicas
+        variables = self.trainable_variables
+        grads = tape.gradient(loss, variables)
+        learning_rate = self.optimizer.learning_rate
+        # Layers off the loss path (e.g. head layers above ft_proj_selector
+        # when fine-tuning) have no gradient.
+        self.optimizer.apply_gradients(
+            [(g, v) for g, v in zip(grads, variables, strict=True) if g is not None]
+        )
+        logs = self._update_metrics(terms)
+        logs["learning_rate"] = learning_rate
+        return logs
+
+    def test_step(self, data):
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        terms = self.compute_losses(x, y, training=False)
+        return self._update_metrics(terms, top5=True)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_classes": self.num_classes,
+                "train_mode": self.train_mode,
+                "resnet_depth": self.resnet_depth,
+                "width_multiplier": self.width_multiplier,
+                "cifar_stem": self.cifar_stem,
+                "sk_ratio": self.sk_ratio,
+                "se_ratio": self.se_ratio,
+                "global_bn": self.global_bn,
+                "batch_norm_decay": self.batch_norm_decay,
+                "batch_norm_epsilon": self.batch_norm_epsilon,
+                "proj_head_mode": self.proj_head_mode,
+                "proj_out_dim": self.proj_out_dim,
+                "num_proj_layers": self.num_proj_layers,
+                "ft_proj_selector": self.ft_proj_selector,
+                "temperature": self.temperature,
+                "hidden_norm": self.hidden_norm,
+                "lineareval_while_pretraining": self.lineareval_while_pretraining,
+                "fine_tune_after_block": self.fine_tune_after_block,
+                "weight_decay": self.weight_decay,
+                "zero_init_logits_layer": self.zero_init_logits_layer,
+            }
+        )
+        return config

@@ -1,0 +1,118 @@
+"""ResNet v1 trunk: parameter counts, named outputs, initialisation, options."""
+
+import keras
+import numpy as np
+import pytest
+
+from simclr_tf2.models.resnet import BLOCK_OUTPUT_NAMES, BLOCK_SPECS, ResNet
+
+
+def n_params(variables) -> int:
+    return sum(int(np.prod(v.shape)) for v in variables)
+
+
+def build(model: ResNet, size: int) -> dict:
+    return model(np.zeros((1, size, size, 3), np.float32), training=False)
+
+
+@pytest.mark.parametrize(
+    "depth, width, cifar, size, expected",
+    [
+        # torchvision / Keras ResNet-50 without its classifier: 23.51M.
+        (50, 1, False, 224, 23.5e6),
+        # ResNet-18 with a 3x3 stem and no fc: 11.17M.
+        (18, 1, True, 32, 11.2e6),
+        # The paper's ResNet-50 (2x): 94M (Table 8 of Chen et al. 2020 lists 94M).
+        (50, 2, False, 32, 94e6),
+    ],
+)
+def test_trunk_parameter_counts(depth, width, cifar, size, expected):
+    model = ResNet(depth, width, cifar)
+    build(model, size)
+    assert n_params(model.trainable_variables) == pytest.approx(expected, rel=0.01)
+
+
+def test_resnet50_named_outputs_at_224():
+    outputs = build(ResNet(50), 224)
+    assert list(outputs) == list(BLOCK_OUTPUT_NAMES)
+    expected = {
+        "initial_conv": (1, 112, 112, 64),
+        "initial_max_pool": (1, 56, 56, 64),
+        "block_group1": (1, 56, 56, 256),
+        "block_group2": (1, 28, 28, 512),
+        "block_group3": (1, 14, 14, 1024),
+        "block_group4": (1, 7, 7, 2048),
+        "final_avg_pool": (1, 2048),
+    }
+    assert {k: tuple(v.shape) for k, v in outputs.items()} == expected
+
+
+def test_resnet18_cifar_stem_named_outputs():
+    outputs = build(ResNet(18, 1, cifar_stem=True), 32)
+    expected = {
+        "initial_conv": (1, 32, 32, 64),
+        "initial_max_pool": (1, 32, 32, 64),  # no max-pool: identity
+        "block_group1": (1, 32, 32, 64),
+        "block_group2": (1, 16, 16, 128),
+        "block_group3": (1, 8, 8, 256),
+        "block_group4": (1, 4, 4, 512),
+        "final_avg_pool": (1, 512),
+    }
+    assert {k: tuple(v.shape) for k, v in outputs.items()} == expected
+
+
+@pytest.mark.parametrize(
+    "depth, width", [(18, 0.25), (34, 0.5), (50, 0.5), (101, 0.25), (152, 0.5), (200, 0.25)]
+)
+def test_every_depth_at_small_widths(depth, width):
+    model = ResNet(depth, width, cifar_stem=True)
+    outputs = build(model, 16)
+    expansion = 4 if depth >= 50 else 1
+    assert outputs["final_avg_pool"].shape == (1, int(512 * width) * expansion)
+    assert model.output_width == int(512 * width) * expansion
+    # Blocks per group as in the spec (one conv kernel per main-path conv).
+    kernels = [v for v in model.trainable_variables if v.path.endswith("kernel")]
+    convs_per_block = 3 if depth >= 50 else 2
+    n_blocks = sum(BLOCK_SPECS[depth][1])
+    assert len(kernels) == 1 + n_blocks * convs_per_block + 4  # stem + blocks + 4 shortcuts
+
+
+def test_last_norm_of_each_block_starts_at_zero():
+    model = ResNet(50, 0.25, cifar_stem=True)
+    build(model, 16)
+    gammas = {v.path: v.numpy() for v in model.variables if v.path.endswith("gamma")}
+    last = [p for p in gammas if "batch_normalization_3/" in p]
+    others = [p for p in gammas if "batch_normalization_3/" not in p]
+    assert len(last) == 16  # one per bottleneck block of ResNet-50
+    assert all(np.all(gammas[p] == 0) for p in last)
+    assert all(np.all(gammas[p] == 1) for p in others)
+    # Each block therefore starts as relu(shortcut).
+
+
+@pytest.mark.parametrize("global_bn", [True, False])
+def test_global_bn_switches_every_norm(global_bn):
+    model = ResNet(18, 0.25, cifar_stem=True, global_bn=global_bn, batch_norm_decay=0.99)
+    build(model, 16)
+    norms = [
+        layer
+        for layer in model._flatten_layers()
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    assert len(norms) == 1 + 8 * 2 + 4  # stem, 2 per block, 4 shortcuts
+    assert all(n.synchronized == global_bn for n in norms)
+    assert all(n.momentum == 0.99 for n in norms)
+
+
+def test_config_round_trip():
+    model = ResNet(34, 0.5, cifar_stem=True, global_bn=False, batch_norm_epsilon=1e-3)
+    clone = ResNet.from_config(model.get_config())
+    assert clone.get_config() == model.get_config()
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="resnet_depth=42"):
+        ResNet(42)
+    with pytest.raises(ValueError, match="width_multiplier=0"):
+        ResNet(18, 0)
+    with pytest.raises(NotImplementedError, match="sk_ratio=0.0625"):
+        ResNet(50, sk_ratio=0.0625)
