@@ -54,8 +54,10 @@ def nt_xent(
         (n, 2N) one-hot targets of the view-1 anchors, whose argmax over the
         first N columns is the positive's index in `logits_ab`.
     """
-    # Logits and loss stay in float32 whatever the compute precision.
-    hidden = tf.cast(hidden, tf.float32)
+    hidden = tf.convert_to_tensor(hidden)
+    # Logits and loss stay in (at least) float32 whatever the compute precision.
+    if hidden.dtype in (tf.float16, tf.bfloat16):
+        hidden = tf.cast(hidden, tf.float32)
     if hidden_norm:
         hidden = tf.math.l2_normalize(hidden, axis=-1)
     hidden1, hidden2 = tf.split(hidden, 2, axis=0)

@@ -22,7 +22,7 @@ TRAIN_MODES = ("pretrain", "finetune")
 
 def _l2_loss(variable) -> tf.Tensor:
     # tf.nn.l2_loss: sum(x ** 2) / 2, the paper code's weight-decay term.
-    return 0.5 * tf.reduce_sum(tf.square(tf.cast(variable, tf.float32)))
+    return 0.5 * tf.reduce_sum(tf.square(variable))
 
 
 @keras.saving.register_keras_serializable(package="simclr_tf2")
@@ -197,6 +197,17 @@ class SimCLRModel(keras.Model):
             )
         return tf.concat(tf.split(x, 2, axis=-1), axis=0)
 
+    def build(self, input_shape):
+        """Creates every variable for images of `input_shape` (channels ignored).
+
+        `input_shape` may also be a pair of view shapes.
+        """
+        if isinstance(input_shape, (tuple, list)) and isinstance(input_shape[0], (tuple, list)):
+            input_shape = input_shape[0]
+        height, width = tuple(input_shape)[1:3]
+        self.call(keras.KerasTensor((None, height, width, 3)))
+        self.built = True
+
     def call(self, inputs, training=False):
         """Returns the named outputs of the network on `inputs`.
 
@@ -212,7 +223,7 @@ class SimCLRModel(keras.Model):
         if self.supervised_head is not None:
             if self.train_mode == "pretrain":
                 # Linear evaluation while pretraining must not shape the encoder.
-                sup_input = tf.stop_gradient(h)
+                sup_input = keras.ops.stop_gradient(h)
             else:
                 sup_input = hiddens[self.ft_proj_selector]
             outputs["logits_sup"] = self.supervised_head(sup_input)
@@ -220,10 +231,16 @@ class SimCLRModel(keras.Model):
 
     # ------------------------------------------------------------------ losses
 
+    @property
+    def loss_dtype(self) -> tf.DType:
+        """Losses and logits are float32 (float64 for a float64 model)."""
+        return tf.float64 if self.compute_dtype == "float64" else tf.float32
+
     def weight_decay_loss(self) -> tf.Tensor:
         """The L2 term the model adds to the loss (see the class docstring)."""
+        zero = tf.constant(0.0, self.loss_dtype)
         if not self.weight_decay:
-            return tf.constant(0.0)
+            return zero
         if isinstance(self.optimizer, LARS):
             variables = [
                 v
@@ -233,8 +250,9 @@ class SimCLRModel(keras.Model):
         else:
             variables = [v for v in self.trainable_variables if "batch_normalization" not in v.path]
         if not variables:
-            return tf.constant(0.0)
-        return self.weight_decay * tf.add_n([_l2_loss(v) for v in variables])
+            return zero
+        l2 = tf.add_n([tf.cast(_l2_loss(v), self.loss_dtype) for v in variables])
+        return self.weight_decay * l2
 
     def _contrastive_terms(self, outputs) -> tuple[tf.Tensor, dict]:
         loss, logits_ab, labels = nt_xent(
@@ -243,7 +261,7 @@ class SimCLRModel(keras.Model):
         prob = tf.nn.softmax(logits_ab)
         entropy = -tf.reduce_mean(tf.reduce_sum(prob * tf.math.log(prob + 1e-8), axis=-1))
         correct = tf.equal(tf.argmax(labels, axis=1), tf.argmax(logits_ab, axis=1))
-        acc = tf.reduce_mean(tf.cast(correct, tf.float32))
+        acc = tf.reduce_mean(tf.cast(correct, loss.dtype))
         return loss, {"contrast_acc": acc, "contrast_entropy": entropy}
 
     def compute_losses(self, x, y=None, training: bool = False) -> dict:
@@ -257,13 +275,13 @@ class SimCLRModel(keras.Model):
         two_views = isinstance(x, (tuple, list)) or x.shape[-1] == 6
         outputs = self(x, training=training)
         terms = {}
-        total = tf.constant(0.0)
+        total = tf.constant(0.0, self.loss_dtype)
         if two_views and self.train_mode == "pretrain":
             loss, stats = self._contrastive_terms(outputs)
             terms.update(contrast_loss=loss, **stats)
             total += loss
         if y is not None and self.supervised_head is not None:
-            logits = tf.cast(outputs["logits_sup"], tf.float32)
+            logits = tf.cast(outputs["logits_sup"], self.loss_dtype)
             labels = tf.cast(y, tf.int32)
             if two_views:
                 labels = tf.concat([labels, labels], axis=0)
