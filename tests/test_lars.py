@@ -73,8 +73,9 @@ def test_five_steps_match_numpy(classic, nesterov, weight_decay):
     }
     grads = [
         {
-            name: (np.zeros(shape) if name.startswith("no_grad") else rng.standard_normal(shape))
-            .astype(np.float32)
+            name: (
+                np.zeros(shape) if name.startswith("no_grad") else rng.standard_normal(shape)
+            ).astype(np.float32)
             for name, shape in SHAPES.items()
         }
         for _ in range(5)
@@ -99,9 +100,9 @@ def test_five_steps_match_numpy(classic, nesterov, weight_decay):
     for v in variables:
         # float32 arithmetic over 5 steps of O(1) values.
         np.testing.assert_allclose(v.numpy(), expected[v.path], rtol=1e-5, atol=1e-6)
-    assert not np.allclose(
-        variables[0].numpy(), initial["encoder/conv2d/kernel"]
-    ), "the update must move the weights"
+    assert not np.allclose(variables[0].numpy(), initial["encoder/conv2d/kernel"]), (
+        "the update must move the weights"
+    )
 
 
 def test_excluded_variable_gets_plain_momentum_sgd():
@@ -122,9 +123,7 @@ def test_layer_adaptation_list_defaults_to_weight_decay_list():
 def test_separate_layer_adaptation_exclusions():
     # Decayed but not adapted: w - lr * (g + wd * w).
     v = make_variable("x/kernel", np.ones(3, np.float32))
-    optimizer = LARS(
-        0.1, momentum=0.0, weight_decay=0.5, exclude_from_layer_adaptation=["kernel"]
-    )
+    optimizer = LARS(0.1, momentum=0.0, weight_decay=0.5, exclude_from_layer_adaptation=["kernel"])
     optimizer.apply_gradients([(np.full(3, 2.0, np.float32), v)])
     np.testing.assert_allclose(v.numpy(), 1 - 0.1 * (2.0 + 0.5), rtol=1e-6)
 

@@ -113,9 +113,7 @@ def test_weight_decay_with_lars_only_on_supervised_kernel():
 def test_weight_decay_with_other_optimizers_on_every_non_bn_weight():
     model = tiny(weight_decay=1e-2)
     model.compile(optimizer=build_optimizer("momentum", 0.1))
-    weights = [
-        v for v in model.trainable_variables if "batch_normalization" not in v.path
-    ]
+    weights = [v for v in model.trainable_variables if "batch_normalization" not in v.path]
     # Kernels of every conv and dense, and the supervised bias.
     assert any(v.path.endswith("head_supervised/bias") for v in weights)
     expected = 1e-2 * 0.5 * sum(np.sum(v.numpy().astype(np.float64) ** 2) for v in weights)

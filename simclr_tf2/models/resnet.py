@@ -273,16 +273,16 @@ class ResNet(keras.layers.Layer):
         self.sk_ratio = sk_ratio
         self.se_ratio = se_ratio
 
-        bn_args = dict(
-            global_bn=global_bn, momentum=batch_norm_decay, epsilon=batch_norm_epsilon
-        )
+        bn_args = dict(global_bn=global_bn, momentum=batch_norm_decay, epsilon=batch_norm_epsilon)
         stem_width = self._width(64)
         if cifar_stem:
             self.stem_conv = FixedPaddingConv2D(stem_width, 3, 1, name="initial_conv")
             self.stem_pool = None
         else:
             self.stem_conv = FixedPaddingConv2D(stem_width, 7, 2, name="initial_conv")
-            self.stem_pool = keras.layers.MaxPooling2D(3, 2, padding="same", name="initial_max_pool")
+            self.stem_pool = keras.layers.MaxPooling2D(
+                3, 2, padding="same", name="initial_max_pool"
+            )
         self.stem_norm = batch_norm(name="initial_batch_normalization", **bn_args)
 
         block_type, counts = BLOCK_SPECS[depth]

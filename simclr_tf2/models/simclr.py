@@ -159,9 +159,7 @@ class SimCLRModel(keras.Model):
         self.contrast_acc_tracker = mean(name="contrast_acc")
         self.contrast_entropy_tracker = mean(name="contrast_entropy")
         self.supervised_loss_tracker = mean(name="supervised_loss")
-        self.supervised_acc_tracker = keras.metrics.SparseCategoricalAccuracy(
-            name="supervised_acc"
-        )
+        self.supervised_acc_tracker = keras.metrics.SparseCategoricalAccuracy(name="supervised_acc")
         self.supervised_top5_tracker = keras.metrics.SparseTopKCategoricalAccuracy(
             k=5, name="supervised_top5_acc"
         )
