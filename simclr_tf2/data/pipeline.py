@@ -1,0 +1,154 @@
+"""Input pipelines: two views per image for pretraining, one for fine-tuning and eval.
+
+`build_dataset` makes the per-replica `tf.data.Dataset` for one input pipeline;
+`distributed_dataset` hands it to `strategy.distribute_datasets_from_function`,
+which shards it by input pipeline and batches it per replica.
+
+Views are seeded by (seed, shard, position in the stream), so with
+`deterministic=True` a run sees exactly the same views every time.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from simclr_tf2.data import augment
+from simclr_tf2.data.sources import Source
+
+MODES = ("pretrain", "finetune", "eval")
+
+
+def _decode(encoded) -> tf.Tensor:
+    # Any of JPEG/PNG/BMP/GIF; grayscale, RGBA and 16-bit become RGB uint8.
+    image = tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def _pixels(example) -> tf.Tensor:
+    return example["image"] if "image" in example else _decode(example["encoded"])
+
+
+def _view_fn(mode: str, image_size: int, color_jitter_strength: float, use_blur: bool):
+    """Returns fn(example, seed) -> view(s) for `mode`."""
+    blur = augment.use_blur_for(image_size, use_blur)
+
+    def pretrain_view(example, seed):
+        if "image" in example:
+            return augment.simclr_view(
+                example["image"], seed, image_size, color_jitter_strength, blur=blur
+            )
+        encoded = example["encoded"]
+        return tf.cond(
+            tf.io.is_jpeg(encoded),
+            lambda: augment.simclr_view_jpeg(
+                encoded, seed, image_size, color_jitter_strength, blur=blur
+            ),
+            lambda: augment.simclr_view(
+                _decode(encoded), seed, image_size, color_jitter_strength, blur=blur
+            ),
+        )
+
+    if mode == "pretrain":
+
+        def two_views(example, seed):
+            seed1, seed2 = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+            views = [pretrain_view(example, seed1), pretrain_view(example, seed2)]
+            return tf.concat(views, axis=-1), example["label"]
+
+        return two_views
+    if mode == "finetune":
+        return lambda example, seed: (
+            augment.finetune_view(_pixels(example), seed, image_size),
+            example["label"],
+        )
+    return lambda example, seed: (augment.eval_view(_pixels(example), image_size), example["label"])
+
+
+def build_dataset(
+    source: Source,
+    batch_size: int,
+    image_size: int,
+    mode: str = "pretrain",
+    *,
+    color_jitter_strength: float = 1.0,
+    use_blur: bool = True,
+    seed: int = 0,
+    shuffle_buffer: int = 10_000,
+    cache: bool = False,
+    deterministic: bool = False,
+    input_context: tf.distribute.InputContext | None = None,
+) -> tf.data.Dataset:
+    """The batched dataset of one input pipeline.
+
+    Args:
+        source: where the images come from.
+        batch_size: examples per batch (per replica under a strategy).
+        image_size: side of the views.
+        mode: "pretrain" (two views stacked on channels: (B, S, S, 6)),
+            "finetune" (crop + flip) or "eval" (centre crop; one pass, no
+            shuffle, last batch kept).
+        color_jitter_strength: s of the colour distortion.
+        use_blur: Gaussian blur (never at 32 px or less).
+        seed: seed of the shuffle and of every view.
+        shuffle_buffer: examples in the shuffle buffer.
+        cache: keep the source's examples in memory after the first epoch.
+        deterministic: same order and views on every run (slower).
+        input_context: from `distribute_datasets_from_function`; shards the
+            source by input pipeline.
+
+    Returns:
+        A dataset of (views, labels); labels are int64, -1 when unlabelled.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is not one of {MODES}.")
+    training = mode != "eval"
+    ds = source.dataset()
+    shard = 0
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        shard = input_context.input_pipeline_id
+        ds = ds.shard(input_context.num_input_pipelines, shard)
+    if cache:
+        ds = ds.cache()
+    if training:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+    # Each element's position in the (repeated) stream seeds its views, so
+    # every epoch sees new views.
+    ds = ds.enumerate()
+    view = _view_fn(mode, image_size, color_jitter_strength, use_blur)
+
+    def augment_one(index, example):
+        stream = tf.constant(seed * 1_000_003 + shard, tf.int64)
+        return view(example, tf.stack([stream, index]))
+
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    ds = ds.with_options(options)
+    ds = ds.map(augment_one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    ds = ds.batch(batch_size, drop_remainder=training)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def distributed_dataset(
+    strategy: tf.distribute.Strategy, source: Source, global_batch_size: int, **kwargs
+) -> tf.distribute.DistributedDataset:
+    """`build_dataset` for every input pipeline of `strategy`, per-replica batched.
+
+    Args:
+        strategy: the distribution strategy.
+        source: where the images come from.
+        global_batch_size: examples per step over all replicas.
+        **kwargs: the other arguments of `build_dataset`.
+    """
+    replicas = strategy.num_replicas_in_sync
+    if global_batch_size % replicas:
+        raise ValueError(
+            f"train_batch_size={global_batch_size} is not divisible by the {replicas} "
+            "replicas; use a multiple of the replica count."
+        )
+
+    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        per_replica = context.get_per_replica_batch_size(global_batch_size)
+        return build_dataset(source, per_replica, input_context=context, **kwargs)
+
+    return strategy.distribute_datasets_from_function(dataset_fn)

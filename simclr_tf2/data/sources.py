@@ -1,0 +1,304 @@
+"""Where images come from: TFDS, an image folder, an .npz file, or the embedded default.
+
+`load_source(dataset, split, data_dir)` picks the kind from `dataset` (the
+`--dataset` flag) and returns a `Source`: the number of examples and classes,
+and a `tf.data.Dataset` of dicts with `label` (int64, -1 when unlabelled) and
+either `image` (uint8 H x W x 3) or `encoded` (the file's bytes: JPEG, PNG, BMP
+or GIF), which the pipeline decodes (JPEGs only inside the crop window).
+
+Every problem with the user's data raises `DataError` with a one-line message
+naming the flag or file and what to do.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+EMBEDDED_DEFAULT = "digits"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+_SLICE = re.compile(r"^(\w+)(?:\[(-?\d*)(%?):(-?\d*)(%?)\])?$")
+
+
+class DataError(ValueError):
+    """The data a user named is missing or unusable; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """A dataset split with its size.
+
+    Attributes:
+        name: what the user passed as --dataset.
+        split: the split (with any slicing) that was loaded.
+        num_examples: number of examples in the split.
+        num_classes: number of classes, or None for unlabelled data.
+        image_shape: (H, W, 3) when every image has that shape, else None.
+        make_dataset: builds the `tf.data.Dataset` of example dicts.
+    """
+
+    name: str
+    split: str
+    num_examples: int
+    num_classes: int | None
+    image_shape: tuple[int, int, int] | None
+    make_dataset: Callable[[], tf.data.Dataset]
+
+    def dataset(self) -> tf.data.Dataset:
+        return self.make_dataset()
+
+
+def load_source(dataset: str, split: str = "train", data_dir: str | None = None) -> Source:
+    """The source named by `dataset`.
+
+    Args:
+        dataset: the embedded default ("digits"), a path ending in ".npz", a
+            directory of images, or a TFDS name ("cifar10", "imagenet2012").
+        split: "train" or "test" (TFDS: any split name), optionally sliced as
+            in TFDS, e.g. "train[:10%]" or "train[1000:]".
+        data_dir: where TFDS keeps prepared datasets.
+    """
+    if dataset == EMBEDDED_DEFAULT:
+        return digits_source(split)
+    if dataset.endswith(".npz"):
+        return npz_source(dataset, split)
+    if os.path.isdir(dataset) or os.sep in dataset or dataset.startswith("."):
+        return folder_source(dataset, split)
+    return tfds_source(dataset, split, data_dir)
+
+
+# ----------------------------------------------------------------- slicing
+
+
+def _slice_bounds(split: str, n: int, flag: str = "--train_split") -> tuple[str, int, int]:
+    """Parses "name[a:b]" / "name[a%:b%]" into (name, start, stop) over n examples."""
+    match = _SLICE.match(split.replace(" ", ""))
+    if not match:
+        raise DataError(f"{flag}={split!r} is not a split like 'train' or 'train[:10%]'.")
+    name, start, start_pct, stop, stop_pct = match.groups()
+
+    def bound(value, pct, default):
+        if value in (None, ""):
+            return default
+        value = int(value)
+        if pct:
+            value = int(round(value * n / 100))
+        return value + n if value < 0 else value
+
+    lo, hi = bound(start, start_pct, 0), bound(stop, stop_pct, n)
+    lo, hi = max(0, min(lo, n)), max(0, min(hi, n))
+    if hi <= lo:
+        raise DataError(f"{flag}={split!r} selects no examples out of {n}.")
+    return name, lo, hi
+
+
+def _array_source(name, split, images, labels, num_classes, parts) -> Source:
+    """A Source over in-memory arrays; `parts` maps split names to index arrays."""
+    match = _SLICE.match(split.replace(" ", ""))
+    if not match:
+        _slice_bounds(split, 0)  # raises the syntax error
+    if match.group(1) not in parts:
+        raise DataError(
+            f"split {split!r} does not exist for --dataset={name}; use one of {sorted(parts)}."
+        )
+    _, lo, hi = _slice_bounds(split, len(parts[match.group(1)]))
+    index = parts[match.group(1)][lo:hi]
+    images, labels = images[index], labels[index]
+
+    def make():
+        return tf.data.Dataset.from_tensor_slices({"image": images, "label": labels})
+
+    return Source(name, split, len(index), num_classes, tuple(images.shape[1:]), make)
+
+
+# ------------------------------------------------------------ embedded default
+
+
+def digits_source(split: str = "train") -> Source:
+    """scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes), as 32x32 RGB.
+
+    Ships with scikit-learn, so it needs no download. Every fifth image is in
+    "test" (360), the others in "train" (1,437).
+    """
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = digits.images.astype(np.float32)[..., None] / 16.0
+    big = tf.image.resize(pixels, [32, 32], method="bilinear").numpy()
+    images = np.round(np.clip(np.repeat(big, 3, axis=-1), 0, 1) * 255).astype(np.uint8)
+    labels = digits.target.astype(np.int64)
+    index = np.arange(len(labels))
+    parts = {"train": index[index % 5 != 0], "test": index[index % 5 == 0]}
+    return _array_source(EMBEDDED_DEFAULT, split, images, labels, 10, parts)
+
+
+# ------------------------------------------------------------------------ npz
+
+
+def npz_source(path: str, split: str = "train") -> Source:
+    """An .npz file with `images` (N, H, W, 3) uint8 and optional `labels` (N,) ints.
+
+    The whole file is one split, which can be sliced ("train[:10%]").
+    """
+    if not os.path.isfile(path):
+        raise DataError(f"--dataset={path}: no such file.")
+    try:
+        with np.load(path) as data:
+            if "images" not in data:
+                raise DataError(
+                    f"{path}: has no 'images' array (found {sorted(data.files)}); "
+                    "save images as np.savez(path, images=..., labels=...)."
+                )
+            images = data["images"]
+            labels = data["labels"] if "labels" in data else None
+    except (OSError, ValueError) as error:
+        if isinstance(error, DataError):
+            raise
+        raise DataError(f"{path}: not a readable .npz file ({error}).") from error
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise DataError(
+            f"{path}: 'images' must be uint8 of shape (N, H, W, 3); "
+            f"got {images.dtype} of shape {images.shape}."
+        )
+    num_classes = None
+    if labels is None:
+        labels = np.full(len(images), -1, np.int64)
+    else:
+        if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
+            raise DataError(
+                f"{path}: 'labels' must be integers of shape ({len(images)},); "
+                f"got {labels.dtype} of shape {labels.shape}."
+            )
+        if len(labels) and labels.min() < 0:
+            raise DataError(f"{path}: 'labels' has negative values; use 0 .. C-1.")
+        labels = labels.astype(np.int64)
+        num_classes = int(labels.max()) + 1 if len(labels) else 0
+    # The file is a single split, whatever its name.
+    match = _SLICE.match(split.replace(" ", ""))
+    parts = {match.group(1) if match else split: np.arange(len(images))}
+    return _array_source(path, split, images, labels, num_classes, parts)
+
+
+# --------------------------------------------------------------- image folders
+
+
+def _list_images(root: str) -> tuple[list[str], int]:
+    files, skipped = [], 0
+    for directory, subdirs, names in os.walk(root):
+        subdirs.sort()
+        for name in sorted(names):
+            if name.lower().endswith(IMAGE_EXTENSIONS):
+                files.append(os.path.join(directory, name))
+            elif not name.startswith("."):
+                skipped += 1
+    return files, skipped
+
+
+def folder_source(path: str, split: str = "train") -> Source:
+    """A directory of images: one sub-folder per class (nested folders allowed
+    inside a class), or a flat folder of unlabelled images for pretraining.
+
+    The folder is one split, which can be sliced ("train[:10%]"); files are
+    listed in sorted order.
+    """
+    if not os.path.isdir(path):
+        raise DataError(f"--dataset={path}: no such directory.")
+    entries = sorted(os.listdir(path))
+    classes = [e for e in entries if os.path.isdir(os.path.join(path, e))]
+    top_images = [e for e in entries if e.lower().endswith(IMAGE_EXTENSIONS)]
+    if classes and top_images:
+        raise DataError(
+            f"--dataset={path}: has both images ({top_images[0]}, ...) and class folders "
+            f"({classes[0]}, ...); put every image in a class folder, or use a flat folder."
+        )
+    files, labels, skipped = [], [], 0
+    if classes:
+        for label, name in enumerate(classes):
+            found, ignored = _list_images(os.path.join(path, name))
+            files += found
+            labels += [label] * len(found)
+            skipped += ignored
+        num_classes = len(classes)
+    else:
+        files, skipped = _list_images(path)
+        labels = [-1] * len(files)
+        num_classes = None
+    if skipped:
+        logging.info(
+            "%s: ignored %d files that are not images (%s).",
+            path,
+            skipped,
+            "/".join(IMAGE_EXTENSIONS),
+        )
+    if not files:
+        raise DataError(
+            f"--dataset={path}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})."
+        )
+    # The folder is a single split, whatever its name.
+    _, lo, hi = _slice_bounds(split, len(files))
+    files, labels = files[lo:hi], labels[lo:hi]
+
+    def make():
+        ds = tf.data.Dataset.from_tensor_slices(
+            {"path": files, "label": np.asarray(labels, np.int64)}
+        )
+
+        def read(ex):
+            encoded = tf.io.read_file(ex["path"])
+            return {"encoded": encoded, "path": ex["path"], "label": ex["label"]}
+
+        return ds.map(read, num_parallel_calls=tf.data.AUTOTUNE)
+
+    return Source(path, split, len(files), num_classes, None, make)
+
+
+# ------------------------------------------------------------------------ TFDS
+
+
+def tfds_source(name: str, split: str = "train", data_dir: str | None = None) -> Source:
+    """A TFDS dataset that is already prepared in `data_dir` (never downloads)."""
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as error:
+        raise DataError(
+            f"--dataset={name}: not the embedded default ({EMBEDDED_DEFAULT!r}), an .npz file, "
+            "an existing directory, or a TFDS dataset name."
+        ) from error
+    if not builder.info.splits:
+        raise DataError(
+            f"--dataset={name}: TFDS has no prepared copy in {builder.data_dir} and this run "
+            f"does not download; prepare it where there is network (`tfds build {name} "
+            "--data_dir=DIR`), copy DIR here and pass --data_dir=DIR, or use an .npz file "
+            "or an image folder."
+        )
+    try:
+        num_examples = builder.info.splits[split].num_examples
+    except (KeyError, ValueError) as error:
+        raise DataError(
+            f"split {split!r} is not in TFDS dataset {name} "
+            f"(splits: {sorted(builder.info.splits)})."
+        ) from error
+    label = builder.info.features["label"] if "label" in builder.info.features else None
+    num_classes = label.num_classes if label is not None else None
+
+    def make():
+        ds = builder.as_dataset(
+            split=split, decoders={"image": tfds.decode.SkipDecoding()}, shuffle_files=False
+        )
+
+        def select(ex):
+            if label is None:
+                return {"encoded": ex["image"], "label": tf.constant(-1, tf.int64)}
+            return {"encoded": ex["image"], "label": tf.cast(ex["label"], tf.int64)}
+
+        return ds.map(select)
+
+    return Source(name, split, num_examples, num_classes, None, make)

@@ -1,0 +1,170 @@
+"""Data sources on small real files written by the test, and on ../shared/data."""
+
+import os
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from simclr_tf2.data.pipeline import build_dataset
+from simclr_tf2.data.sources import DataError, load_source
+
+SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10")
+
+
+def save(path, array, fmt=None):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(array).save(path, format=fmt)
+
+
+def rgb(h=40, w=30, seed=0):
+    return (np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)
+
+
+@pytest.fixture
+def class_folder(tmp_path):
+    root = tmp_path / "images"
+    save(str(root / "cat" / "a.png"), rgb(seed=1))
+    save(str(root / "cat" / "b.jpg"), rgb(seed=2), "JPEG")
+    save(str(root / "cat" / "nested" / "deeper" / "c.JPEG"), rgb(seed=3), "JPEG")
+    save(str(root / "dog" / "gray.png"), rgb(seed=4)[..., 0])  # grayscale
+    save(str(root / "dog" / "rgba.png"), np.dstack([rgb(seed=5), np.full((40, 30), 128, np.uint8)]))
+    save(str(root / "dog" / "deep.png"), (rgb(seed=6)[..., 0].astype(np.uint16) * 257))  # 16-bit
+    save(str(root / "dog" / "x.bmp"), rgb(seed=7), "BMP")
+    save(str(root / "dog" / "y.gif"), rgb(seed=8), "GIF")
+    (root / "dog" / "notes.txt").write_text("not an image")
+    return str(root)
+
+
+def test_image_folder_with_classes(class_folder):
+    source = load_source(class_folder)
+    assert source.num_examples == 8 and source.num_classes == 2
+    labels = [int(ex["label"]) for ex in source.dataset()]
+    assert labels == [0, 0, 0, 1, 1, 1, 1, 1]
+    # Every format and colour layout decodes to RGB in [0, 1].
+    views = list(build_dataset(source, 8, 16, "eval"))[0][0].numpy()
+    assert views.shape == (8, 16, 16, 3) and 0 <= views.min() and views.max() <= 1
+    pretrain = next(iter(build_dataset(source, 4, 16, "pretrain")))[0]
+    assert pretrain.shape == (4, 16, 16, 6)
+
+
+def test_sixteen_bit_and_gray_decode_to_the_right_values(class_folder):
+    source = load_source(class_folder)
+    by_path = {os.path.basename(ex["path"].numpy().decode()): ex for ex in source.dataset()}
+    deep = tf.io.decode_image(by_path["deep.png"]["encoded"], channels=3, dtype=tf.uint8)
+    np.testing.assert_array_equal(deep[..., 0], rgb(seed=6)[..., 0])
+    np.testing.assert_array_equal(deep[..., 0], deep[..., 2])
+
+
+def test_flat_folder_is_unlabelled(tmp_path):
+    for i in range(3):
+        save(str(tmp_path / f"{i}.png"), rgb(seed=i))
+    source = load_source(str(tmp_path))
+    assert source.num_classes is None and source.num_examples == 3
+    assert {int(ex["label"]) for ex in source.dataset()} == {-1}
+
+
+def test_folder_slicing(tmp_path):
+    for i in range(10):
+        save(str(tmp_path / f"{i:02d}.png"), rgb(8, 8, seed=i))
+    assert load_source(str(tmp_path), "train[:30%]").num_examples == 3
+    assert load_source(str(tmp_path), "train[2:5]").num_examples == 3
+    with pytest.raises(DataError, match="selects no examples"):
+        load_source(str(tmp_path), "train[5:5]")
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda root: None, "no images found"),
+        (lambda root: save(str(root / "a.png"), rgb()) or os.makedirs(root / "cls"), "both images"),
+    ],
+)
+def test_folder_errors(tmp_path, make, message):
+    root = tmp_path / "data"
+    root.mkdir()
+    make(root)
+    with pytest.raises(DataError, match=message):
+        load_source(str(root))
+
+
+def test_missing_paths():
+    with pytest.raises(DataError, match="--dataset=/no/such/folder: no such directory"):
+        load_source("/no/such/folder")
+    with pytest.raises(DataError, match="--dataset=missing.npz: no such file"):
+        load_source("missing.npz")
+
+
+def test_npz_source(tmp_path):
+    path = str(tmp_path / "d.npz")
+    np.savez(path, images=np.zeros((5, 8, 8, 3), np.uint8), labels=np.array([0, 1, 2, 1, 0]))
+    source = load_source(path)
+    assert (source.num_examples, source.num_classes, source.image_shape) == (5, 3, (8, 8, 3))
+    unlabelled = str(tmp_path / "u.npz")
+    np.savez(unlabelled, images=np.zeros((4, 8, 8, 3), np.uint8))
+    assert load_source(unlabelled).num_classes is None
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        (dict(images=np.zeros((2, 8, 8, 3), np.float32)), "must be uint8"),
+        (dict(images=np.zeros((2, 8, 8), np.uint8)), r"shape \(2, 8, 8\)"),
+        (dict(pixels=np.zeros((2, 8, 8, 3), np.uint8)), "has no 'images'"),
+        (dict(images=np.zeros((2, 8, 8, 3), np.uint8), labels=np.zeros(3, int)), "'labels' must"),
+        (dict(images=np.zeros((2, 8, 8, 3), np.uint8), labels=np.array([0.5, 1])), "'labels' must"),
+    ],
+)
+def test_npz_errors(tmp_path, arrays, message):
+    path = str(tmp_path / "bad.npz")
+    np.savez(path, **arrays)
+    with pytest.raises(DataError, match=message):
+        load_source(path)
+
+
+def test_npz_not_an_archive(tmp_path):
+    path = tmp_path / "junk.npz"
+    path.write_bytes(b"this is not a zip file")
+    with pytest.raises(DataError, match="not a readable .npz"):
+        load_source(str(path))
+
+
+@pytest.mark.skipif(
+    not os.path.isdir(SHARED), reason="../shared/data/cifar10 is not beside the clone"
+)
+def test_cifar10_npz_from_shared_data():
+    test = load_source(os.path.join(SHARED, "test.npz"))
+    assert (test.num_examples, test.num_classes, test.image_shape) == (1000, 10, (32, 32, 3))
+    labels = np.array([int(ex["label"]) for ex in test.dataset()])
+    # Class counts from the data's README.
+    assert list(np.bincount(labels)) == [103, 89, 100, 103, 90, 86, 112, 102, 106, 109]
+    train = load_source(os.path.join(SHARED, "train.npz"), "train[:10%]")
+    assert train.num_examples == 5000
+    first = next(iter(train.dataset()))
+    assert int(first["label"]) == 6  # the official first training label (frog)
+
+
+def test_embedded_default():
+    train, test = load_source("digits", "train"), load_source("digits", "test")
+    assert (train.num_examples, test.num_examples) == (1437, 360)
+    assert train.num_classes == 10 and train.image_shape == (32, 32, 3)
+    image = next(iter(train.dataset()))["image"].numpy()
+    assert image.dtype == np.uint8 and image.max() > 200
+    with pytest.raises(DataError, match="split 'validation' does not exist"):
+        load_source("digits", "validation")
+
+
+def test_tfds_offline_fails_fast_with_instructions(tmp_path):
+    start = time.time()
+    with pytest.raises(DataError, match="tfds build cifar10 --data_dir"):
+        load_source("cifar10", data_dir=str(tmp_path))
+    assert time.time() - start < 30
+    with pytest.raises(DataError, match="not the embedded default"):
+        load_source("no_such_dataset_name", data_dir=str(tmp_path))
+
+
+def test_bad_split_syntax():
+    with pytest.raises(DataError, match="is not a split"):
+        load_source("digits", "train[::2]")
