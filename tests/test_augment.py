@@ -158,6 +158,16 @@ def test_blur_matches_numpy():
     rows = sum(k[i] * padded[i : i + 20] for i in range(size))
     expected = sum(k[j] * rows[:, j : j + 16] for j in range(size))
     np.testing.assert_allclose(A.gaussian_blur(image, sigma, size), expected, atol=1e-5)
+    # A 23-tap kernel (224 px) is truncated at 4 sigma: under 1e-4 of the mass.
+    big = np.random.default_rng(2).random((40, 40, 3)).astype(np.float32)
+    for sigma in (0.3, 1.0, 2.0):
+        x = np.arange(-11, 12)
+        k = np.exp(-(x**2) / (2 * sigma**2))
+        k /= k.sum()
+        padded = np.pad(big, [(11, 11), (11, 11), (0, 0)], mode="reflect")
+        rows = sum(k[i] * padded[i : i + 40] for i in range(23))
+        full = sum(k[j] * rows[:, j : j + 40] for j in range(23))
+        np.testing.assert_allclose(A.gaussian_blur(big, sigma, 23), full, atol=2e-4)
     assert A.blur_kernel_size(224) == 23 and A.blur_kernel_size(96) == 9
     assert A.blur_kernel_size(32) % 2 == 1
 
