@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import os
 import re
+import struct
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +26,7 @@ from absl import logging
 
 EMBEDDED_DEFAULT = "digits"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+VERIFY_MODES = ("header", "decode")
 _SLICE = re.compile(r"^(\w+)(?:\[(-?\d*)(%?):(-?\d*)(%?)\])?$")
 
 
@@ -53,8 +57,27 @@ class Source:
     def dataset(self) -> tf.data.Dataset:
         return self.make_dataset()
 
+    def require_classes(self, purpose: str) -> None:
+        """Raises DataError unless the source has labels of at least two classes."""
+        if self.num_classes is None:
+            raise DataError(
+                f"--dataset={self.name}: has no labels, and {purpose} needs them "
+                "(an image folder needs one sub-folder per class)."
+            )
+        if self.num_classes < 2:
+            raise DataError(
+                f"--dataset={self.name}: has {self.num_classes} class, and {purpose} "
+                "needs at least 2."
+            )
 
-def load_source(dataset: str, split: str = "train", data_dir: str | None = None) -> Source:
+
+def load_source(
+    dataset: str,
+    split: str = "train",
+    data_dir: str | None = None,
+    skip_bad_images: bool = False,
+    verify_images: str = "header",
+) -> Source:
     """The source named by `dataset`.
 
     Args:
@@ -63,13 +86,17 @@ def load_source(dataset: str, split: str = "train", data_dir: str | None = None)
         split: "train" or "test" (TFDS: any split name), optionally sliced as
             in TFDS, e.g. "train[:10%]" or "train[1000:]".
         data_dir: where TFDS keeps prepared datasets.
+        skip_bad_images: image folders: skip (and log) bad files instead of
+            stopping.
+        verify_images: image folders: "header" (fast, catches non-images and
+            truncated files) or "decode" (decodes every file first).
     """
     if dataset == EMBEDDED_DEFAULT:
         return digits_source(split)
     if dataset.endswith(".npz"):
         return npz_source(dataset, split)
     if os.path.isdir(dataset) or os.sep in dataset or dataset.startswith("."):
-        return folder_source(dataset, split)
+        return folder_source(dataset, split, skip_bad_images, verify_images)
     return tfds_source(dataset, split, data_dir)
 
 
@@ -200,12 +227,91 @@ def _list_images(root: str) -> tuple[list[str], int]:
     return files, skipped
 
 
-def folder_source(path: str, split: str = "train") -> Source:
+def check_image_file(path: str, decode: bool = False) -> str | None:
+    """Why `path` is not a usable image, or None if it is.
+
+    The default check reads only the first and last bytes: the signature of a
+    JPEG, PNG, GIF or BMP and its end marker (so truncated files are caught).
+    With `decode`, the file is also fully decoded.
+    """
+    try:
+        size = os.path.getsize(path)
+        if size == 0:
+            return "empty file"
+        with open(path, "rb") as f:
+            head = f.read(32)
+            f.seek(max(0, size - 64))
+            tail = f.read()
+    except OSError as error:
+        return f"cannot be read ({error.strerror})"
+    if head.startswith(b"\xff\xd8\xff"):
+        if b"\xff\xd9" not in tail:
+            return "truncated JPEG (no end-of-image marker)"
+    elif head.startswith(b"\x89PNG\r\n\x1a\n"):
+        if b"IEND" not in tail:
+            return "truncated PNG (no IEND chunk)"
+    elif head[:6] in (b"GIF87a", b"GIF89a"):
+        if b"\x3b" not in tail[-16:]:
+            return "truncated GIF (no trailer)"
+    elif head.startswith(b"BM") and len(head) >= 6:
+        if struct.unpack("<I", head[2:6])[0] > size:
+            return "truncated BMP (shorter than its header says)"
+    else:
+        return f"not a JPEG, PNG, GIF or BMP file (starts with {head[:8]!r})"
+    if decode:
+        try:
+            tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
+            return f"cannot be decoded ({error.message.splitlines()[0]})"
+    return None
+
+
+def _verify_files(files: list[str], verify: str, skip_bad_images: bool) -> list[bool]:
+    """Checks every file; stops on a bad one unless `skip_bad_images`."""
+    if verify not in VERIFY_MODES:
+        raise ValueError(f"verify_images={verify!r} is not one of {VERIFY_MODES}.")
+    start, last_log = time.time(), time.time()
+    problems = []
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        for i, problem in enumerate(
+            pool.map(lambda f: check_image_file(f, verify == "decode"), files)
+        ):
+            problems.append(problem)
+            if time.time() - last_log > 10:
+                last_log = time.time()
+                logging.info("Checked %d of %d image files...", i + 1, len(files))
+    bad = [(f, p) for f, p in zip(files, problems, strict=True) if p]
+    logging.info(
+        "Checked %d image files (%s) in %.1fs: %d bad.",
+        len(files),
+        verify,
+        time.time() - start,
+        len(bad),
+    )
+    if bad and not skip_bad_images:
+        listed = "; ".join(f"{f}: {p}" for f, p in bad[:3])
+        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise DataError(
+            f"{len(bad)} bad image file(s): {listed}{more}. Fix or remove them, or pass "
+            "--skip_bad_images to skip them."
+        )
+    for f, p in bad:
+        logging.warning("Skipping bad image %s: %s", f, p)
+    if bad:
+        logging.warning("Skipped %d bad image files of %d.", len(bad), len(files))
+    return [p is None for p in problems]
+
+
+def folder_source(
+    path: str, split: str = "train", skip_bad_images: bool = False, verify_images: str = "header"
+) -> Source:
     """A directory of images: one sub-folder per class (nested folders allowed
     inside a class), or a flat folder of unlabelled images for pretraining.
 
     The folder is one split, which can be sliced ("train[:10%]"); files are
-    listed in sorted order.
+    listed in sorted order. Every file is checked first (`check_image_file`;
+    `verify_images="decode"` also decodes each one): a bad file stops with its
+    path named, or with `skip_bad_images` is skipped and logged.
     """
     if not os.path.isdir(path):
         raise DataError(f"--dataset={path}: no such directory.")
@@ -243,6 +349,11 @@ def folder_source(path: str, split: str = "train") -> Source:
     # The folder is a single split, whatever its name.
     _, lo, hi = _slice_bounds(split, len(files))
     files, labels = files[lo:hi], labels[lo:hi]
+    good = _verify_files(files, verify_images, skip_bad_images)
+    files = [f for f, ok in zip(files, good, strict=True) if ok]
+    labels = [label for label, ok in zip(labels, good, strict=True) if ok]
+    if not files:
+        raise DataError(f"--dataset={path}: every image file is bad (see the log).")
 
     def make():
         ds = tf.data.Dataset.from_tensor_slices(
