@@ -6,6 +6,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_datasets as tfds
 from PIL import Image
 
 from simclr_tf2.data.pipeline import build_dataset
@@ -227,3 +228,76 @@ def test_one_class_or_no_labels_for_linear_eval(tmp_path):
     with pytest.raises(DataError, match="has no labels, and fine-tuning needs them"):
         load_source(str(flat)).require_classes("fine-tuning")
     load_source("digits").require_classes("linear evaluation")  # 10 classes: fine
+
+
+class TinyTestImages(tfds.core.GeneratorBasedBuilder):
+    """A TFDS dataset built locally, so the TFDS path is tested offline."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(8, 8, 3)),
+                    "label": tfds.features.ClassLabel(num_classes=3),
+                    "file_name": tfds.features.Text(),
+                }
+            ),
+        )
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(12), "test": self._generate_examples(6)}
+
+    def _generate_examples(self, n):
+        rng = np.random.default_rng(n)
+        for i in range(n):
+            image = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+            yield i, {"image": image, "label": i % 3, "file_name": f"img_{i}.png"}
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    TinyTestImages(data_dir=data_dir).download_and_prepare()
+    return data_dir
+
+
+def test_tfds_source_with_slicing(tfds_dir):
+    source = load_source("tiny_test_images", "train", data_dir=tfds_dir)
+    assert (source.num_examples, source.num_classes) == (12, 3)
+    assert load_source("tiny_test_images", "train[:25%]", data_dir=tfds_dir).num_examples == 3
+    assert load_source("tiny_test_images", "test", data_dir=tfds_dir).num_examples == 6
+    views, labels = next(iter(build_dataset(source, 12, 8, "eval")))
+    assert views.shape == (12, 8, 8, 3) and sorted(labels.numpy()) == sorted(
+        [i % 3 for i in range(12)]
+    )
+    with pytest.raises(DataError, match="split 'validation' is not in TFDS dataset"):
+        load_source("tiny_test_images", "validation", data_dir=tfds_dir)
+
+
+def test_label_subset_tfds(tfds_dir, tmp_path):
+    subset = tmp_path / "subset.txt"
+    subset.write_text("# two of twelve\nimg_4.png\nimg_7.png\n\n")
+    source = load_source("tiny_test_images", data_dir=tfds_dir, label_subset=str(subset))
+    assert source.num_examples == 2
+    assert sorted(int(ex["label"]) for ex in source.dataset()) == [1, 1]
+
+
+def test_label_subset_folder_and_npz(class_folder, tmp_path):
+    subset = tmp_path / "subset.txt"
+    subset.write_text("b.jpg\nx.bmp\n")
+    source = load_source(class_folder, label_subset=str(subset))
+    assert source.num_examples == 2
+    assert [int(ex["label"]) for ex in source.dataset()] == [0, 1]
+    subset.write_text("b.jpg\nmissing.png\n")
+    with pytest.raises(DataError, match="1 of 2 ids are not in"):
+        load_source(class_folder, label_subset=str(subset))
+    rows = tmp_path / "rows.txt"
+    rows.write_text("3\n0\n")
+    digits = load_source("digits", "test", label_subset=str(rows))
+    full = [int(ex["label"]) for ex in load_source("digits", "test").dataset().take(4)]
+    assert [int(ex["label"]) for ex in digits.dataset()] == [full[3], full[0]]
+    with pytest.raises(DataError, match="cannot be read"):
+        load_source("digits", label_subset=str(tmp_path / "none.txt"))

@@ -77,6 +77,7 @@ def load_source(
     data_dir: str | None = None,
     skip_bad_images: bool = False,
     verify_images: str = "header",
+    label_subset: str | None = None,
 ) -> Source:
     """The source named by `dataset`.
 
@@ -90,14 +91,40 @@ def load_source(
             stopping.
         verify_images: image folders: "header" (fast, catches non-images and
             truncated files) or "decode" (decodes every file first).
+        label_subset: a text file with one example id per line (the 1% / 10%
+            ImageNet lists): TFDS `file_name`s, image file names in a folder, or
+            row indices of an .npz file. Only those examples are used.
     """
+    subset = read_label_subset(label_subset) if label_subset else None
     if dataset == EMBEDDED_DEFAULT:
-        return digits_source(split)
+        return digits_source(split, subset)
     if dataset.endswith(".npz"):
-        return npz_source(dataset, split)
+        return npz_source(dataset, split, subset)
     if os.path.isdir(dataset) or os.sep in dataset or dataset.startswith("."):
-        return folder_source(dataset, split, skip_bad_images, verify_images)
-    return tfds_source(dataset, split, data_dir)
+        return folder_source(dataset, split, skip_bad_images, verify_images, subset)
+    return tfds_source(dataset, split, data_dir, subset)
+
+
+def read_label_subset(path: str) -> list[str]:
+    """The ids in a label-subset file: one per line; blank lines and # comments skipped."""
+    try:
+        with open(path) as f:
+            ids = [line.strip() for line in f]
+    except OSError as error:
+        raise DataError(f"--label_subset={path}: cannot be read ({error.strerror}).") from error
+    ids = list(dict.fromkeys(i for i in ids if i and not i.startswith("#")))
+    if not ids:
+        raise DataError(f"--label_subset={path}: lists no example ids.")
+    return ids
+
+
+def _missing_ids(wanted: list[str], found: set[str], where: str) -> None:
+    missing = [i for i in wanted if i not in found]
+    if missing:
+        raise DataError(
+            f"--label_subset: {len(missing)} of {len(wanted)} ids are not in {where} "
+            f"(e.g. {missing[0]!r})."
+        )
 
 
 # ----------------------------------------------------------------- slicing
@@ -125,8 +152,11 @@ def _slice_bounds(split: str, n: int, flag: str = "--train_split") -> tuple[str,
     return name, lo, hi
 
 
-def _array_source(name, split, images, labels, num_classes, parts) -> Source:
-    """A Source over in-memory arrays; `parts` maps split names to index arrays."""
+def _array_source(name, split, images, labels, num_classes, parts, subset=None) -> Source:
+    """A Source over in-memory arrays; `parts` maps split names to index arrays.
+
+    `subset` (ids from a label-subset file) are row indices into the split.
+    """
     match = _SLICE.match(split.replace(" ", ""))
     if not match:
         _slice_bounds(split, 0)  # raises the syntax error
@@ -136,6 +166,15 @@ def _array_source(name, split, images, labels, num_classes, parts) -> Source:
         )
     _, lo, hi = _slice_bounds(split, len(parts[match.group(1)]))
     index = parts[match.group(1)][lo:hi]
+    if subset is not None:
+        try:
+            rows = [int(i) for i in subset]
+        except ValueError as error:
+            raise DataError(
+                f"--label_subset: ids for --dataset={name} must be row numbers; got {error}."
+            ) from error
+        _missing_ids([str(r) for r in rows], {str(r) for r in range(len(index))}, split)
+        index = index[rows]
     images, labels = images[index], labels[index]
 
     def make():
@@ -147,7 +186,7 @@ def _array_source(name, split, images, labels, num_classes, parts) -> Source:
 # ------------------------------------------------------------ embedded default
 
 
-def digits_source(split: str = "train") -> Source:
+def digits_source(split: str = "train", subset: list[str] | None = None) -> Source:
     """scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes), as 32x32 RGB.
 
     Ships with scikit-learn, so it needs no download. Every fifth image is in
@@ -162,13 +201,13 @@ def digits_source(split: str = "train") -> Source:
     labels = digits.target.astype(np.int64)
     index = np.arange(len(labels))
     parts = {"train": index[index % 5 != 0], "test": index[index % 5 == 0]}
-    return _array_source(EMBEDDED_DEFAULT, split, images, labels, 10, parts)
+    return _array_source(EMBEDDED_DEFAULT, split, images, labels, 10, parts, subset)
 
 
 # ------------------------------------------------------------------------ npz
 
 
-def npz_source(path: str, split: str = "train") -> Source:
+def npz_source(path: str, split: str = "train", subset: list[str] | None = None) -> Source:
     """An .npz file with `images` (N, H, W, 3) uint8 and optional `labels` (N,) ints.
 
     The whole file is one split, which can be sliced ("train[:10%]").
@@ -209,7 +248,7 @@ def npz_source(path: str, split: str = "train") -> Source:
     # The file is a single split, whatever its name.
     match = _SLICE.match(split.replace(" ", ""))
     parts = {match.group(1) if match else split: np.arange(len(images))}
-    return _array_source(path, split, images, labels, num_classes, parts)
+    return _array_source(path, split, images, labels, num_classes, parts, subset)
 
 
 # --------------------------------------------------------------- image folders
@@ -303,7 +342,11 @@ def _verify_files(files: list[str], verify: str, skip_bad_images: bool) -> list[
 
 
 def folder_source(
-    path: str, split: str = "train", skip_bad_images: bool = False, verify_images: str = "header"
+    path: str,
+    split: str = "train",
+    skip_bad_images: bool = False,
+    verify_images: str = "header",
+    subset: list[str] | None = None,
 ) -> Source:
     """A directory of images: one sub-folder per class (nested folders allowed
     inside a class), or a flat folder of unlabelled images for pretraining.
@@ -349,6 +392,12 @@ def folder_source(
     # The folder is a single split, whatever its name.
     _, lo, hi = _slice_bounds(split, len(files))
     files, labels = files[lo:hi], labels[lo:hi]
+    if subset is not None:
+        names = [os.path.basename(f) for f in files]
+        _missing_ids(subset, set(names), path)
+        keep = set(subset)
+        chosen = [i for i, name in enumerate(names) if name in keep]
+        files, labels = [files[i] for i in chosen], [labels[i] for i in chosen]
     good = _verify_files(files, verify_images, skip_bad_images)
     files = [f for f, ok in zip(files, good, strict=True) if ok]
     labels = [label for label, ok in zip(labels, good, strict=True) if ok]
@@ -372,7 +421,9 @@ def folder_source(
 # ------------------------------------------------------------------------ TFDS
 
 
-def tfds_source(name: str, split: str = "train", data_dir: str | None = None) -> Source:
+def tfds_source(
+    name: str, split: str = "train", data_dir: str | None = None, subset: list[str] | None = None
+) -> Source:
     """A TFDS dataset that is already prepared in `data_dir` (never downloads)."""
     import tensorflow_datasets as tfds
 
@@ -399,11 +450,26 @@ def tfds_source(name: str, split: str = "train", data_dir: str | None = None) ->
         ) from error
     label = builder.info.features["label"] if "label" in builder.info.features else None
     num_classes = label.num_classes if label is not None else None
+    if subset is not None:
+        if "file_name" not in builder.info.features:
+            raise DataError(
+                f"--label_subset: TFDS dataset {name} has no file_name feature to select by."
+            )
+        # The ImageNet subset lists name files of the split; they are all present.
+        num_examples = len(subset)
 
     def make():
         ds = builder.as_dataset(
             split=split, decoders={"image": tfds.decode.SkipDecoding()}, shuffle_files=False
         )
+        if subset is not None:
+            table = tf.lookup.StaticHashTable(
+                tf.lookup.KeyValueTensorInitializer(
+                    tf.constant(subset), tf.ones(len(subset), tf.bool)
+                ),
+                default_value=False,
+            )
+            ds = ds.filter(lambda ex: table.lookup(ex["file_name"]))
 
         def select(ex):
             if label is None:
