@@ -8,12 +8,19 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_python_example_runs(tmp_path):
+CHECKS = """
+assert h.shape == (4, 128), h.shape
+views, labels = next(iter(train))
+assert views.shape == (256, 32, 32, 6), views.shape
+"""
+
+
+def test_python_examples_run(tmp_path):
     with open(os.path.join(ROOT, "README.md")) as f:
         blocks = re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)
-    assert blocks, "README.md has no python example"
+    assert len(blocks) == 2, "README.md should have the model and the data examples"
     script = tmp_path / "example.py"
-    script.write_text(blocks[0] + "\nassert h.shape == (4, 128), h.shape\n")
+    script.write_text("\n".join(blocks) + CHECKS)
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
     # Run from elsewhere, like a user's own script.
     proc = subprocess.run(
