@@ -1,26 +1,159 @@
-"""Command-line entry point: `python run.py --mode=train_then_eval ...`.
+"""SimCLR from the command line.
 
-Flags live here and only here (see ../shared/DESIGN.md). The command line,
-the input pipeline and the run lifecycle are not built yet: until then the
-library is used from Python (see README.md).
+  python run.py --mode=train_then_eval --dataset=digits --image_size=32 \
+      --resnet_depth=18 --train_batch_size=128 --train_epochs=2 --model_dir=/tmp/simclr
+
+Flags live here and only here: they build one validated `Config`, and the
+library does the rest (`simclr_tf2.train.run`). `--flagfile=FILE` reads flags
+from a file; `--helpfull` lists them all.
 """
 
+from __future__ import annotations
+
+import dataclasses
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
+from simclr_tf2.config import MODES, TRAIN_MODES, Config, ConfigError
+from simclr_tf2.data.sources import DataError
+from simclr_tf2.models.heads import PROJ_HEAD_MODES
+from simclr_tf2.optim import OPTIMIZERS
+from simclr_tf2.optim.schedules import SCALINGS
+
+_DEFAULTS = Config()
+_HELP = {
+    # What to run.
+    "mode": "train, eval (evaluate the checkpoints in --model_dir) or train_then_eval.",
+    "train_mode": "pretrain (contrastive) or finetune (supervised, from --checkpoint).",
+    "model_dir": "Where checkpoints, TensorBoard events and results go (re-run to resume).",
+    "checkpoint": "Checkpoint prefix or directory to start fine-tuning from.",
+    # Data.
+    "dataset": "'digits' (embedded, no download), a .npz file, an image folder, or a "
+    "prepared TFDS name.",
+    "data_dir": "Directory of prepared TFDS datasets.",
+    "train_split": "Split to train on; TFDS slicing such as train[:10%] works.",
+    "eval_split": "Split to evaluate on (for .npz files and folders, see --eval_dataset).",
+    "label_subset": "File of example ids, one per line, to train on (1%/10% lists).",
+    "cache_dataset": "Keep the decoded training examples in memory.",
+    "skip_bad_images": "Skip (and log) unreadable image files instead of stopping.",
+    "image_size": "Side of the views in pixels; <= 32 selects the CIFAR stem and no blur.",
+    "color_jitter_strength": "Strength s of the colour distortion.",
+    "use_blur": "Gaussian blur on the views (never at 32 px or less).",
+    # Schedule.
+    "train_batch_size": "Global batch size (all replicas).",
+    "train_epochs": "Epochs to train (ignored when --train_steps > 0).",
+    "train_steps": "Steps to train; 0 = from --train_epochs.",
+    "eval_batch_size": "Global batch size for evaluation.",
+    "eval_steps": "Evaluation steps; 0 = the whole eval split.",
+    "checkpoint_epochs": "Save a checkpoint every this many epochs.",
+    "checkpoint_steps": "Save a checkpoint every this many steps (overrides the epochs).",
+    "keep_checkpoint_max": "Checkpoints to keep.",
+    "keep_hub_module_max": "Exported SavedModels to keep.",
+    # Optimisation.
+    "optimizer": "lars, momentum (SGD with Nesterov), adam or lamb.",
+    "learning_rate": "Base learning rate, scaled by the batch size (--learning_rate_scaling).",
+    "learning_rate_scaling": "linear (x batch/256) or sqrt (x sqrt(batch)).",
+    "warmup_epochs": "Epochs of linear warm-up.",
+    "momentum": "Momentum of lars and momentum.",
+    "weight_decay": "L2 weight decay (see the README for what each optimizer decays).",
+    # Model.
+    "resnet_depth": "ResNet depth: 18, 34, 50, 101, 152 or 200.",
+    "width_multiplier": "ResNet width multiplier (1, 2, 4, or 0.25 / 0.5 for small runs).",
+    "sk_ratio": "Selective-kernel ratio (SimCLRv2); 0 = off.",
+    "se_ratio": "Squeeze-excitation ratio (SimCLRv2); 0 = off.",
+    "global_bn": "Synchronise batch norm statistics across replicas.",
+    "batch_norm_decay": "Momentum of the batch norm moving statistics.",
+    "proj_head_mode": "Projection head: none, linear or nonlinear.",
+    "proj_out_dim": "Width of the projection z.",
+    "num_proj_layers": "Layers of the nonlinear projection head.",
+    "ft_proj_selector": "Head layer feeding the supervised head when fine-tuning (0 = h).",
+    "temperature": "NT-Xent temperature.",
+    "hidden_norm": "L2-normalise projections in the loss (cosine similarity).",
+    "lineareval_while_pretraining": "Train a linear head on stop_gradient(h) while pretraining.",
+    "fine_tune_after_block": "Fine-tune only after this stage: -1 all, 0 stem, 1-3, 4 head only.",
+    "zero_init_logits_layer": "Start the supervised head at zero.",
+    "seed": "Seed of initialisation, shuffling and augmentation.",
+    "deterministic": "Same data order and views on every run (slower input pipeline).",
+}
+_CHOICES = {
+    "mode": MODES,
+    "train_mode": TRAIN_MODES,
+    "optimizer": OPTIMIZERS,
+    "learning_rate_scaling": SCALINGS,
+    "proj_head_mode": PROJ_HEAD_MODES,
+}
+_REFERENCE_ONLY = {
+    # Accepted for compatibility with the paper's run.py; TPU wiring comes later.
+    "use_tpu": (False, "Run on a Cloud TPU (not available yet)."),
+    "tpu_name": (None, "Cloud TPU name (not available yet)."),
+    "tpu_zone": (None, "Cloud TPU zone (not available yet)."),
+    "gcp_project": (None, "GCP project of the TPU (not available yet)."),
+    "master": (None, "TPU master address (not available yet)."),
+}
+_EXTRA = {"eval_dataset": (None, "Dataset to evaluate on; default: --dataset.")}
+
+
+def _define_flags() -> None:
+    for field in dataclasses.fields(Config):
+        name, default, help_text = field.name, getattr(_DEFAULTS, field.name), _HELP[field.name]
+        if name in _CHOICES:
+            flags.DEFINE_enum(name, default, list(_CHOICES[name]), help_text)
+        elif isinstance(default, bool):
+            flags.DEFINE_bool(name, default, help_text)
+        elif isinstance(default, int):
+            flags.DEFINE_integer(name, default, help_text)
+        elif isinstance(default, float):
+            flags.DEFINE_float(name, default, help_text)
+        else:
+            flags.DEFINE_string(name, default, help_text)
+    for name, (default, help_text) in {**_REFERENCE_ONLY, **_EXTRA}.items():
+        if isinstance(default, bool):
+            flags.DEFINE_bool(name, default, help_text)
+        else:
+            flags.DEFINE_string(name, default, help_text)
+
+
+_define_flags()
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("mode", "train_then_eval", ["train", "eval", "train_then_eval"], "What to run.")
 
 
-def main(argv):
-    del argv
-    sys.stderr.write(
-        f"run.py: --mode={FLAGS.mode} is not available yet: the command line and the "
-        "input pipeline are still being built. Use the Python API shown in README.md.\n"
-    )
-    return 2
+def config_from_flags() -> Config:
+    values = {f.name: FLAGS[f.name].value for f in dataclasses.fields(Config)}
+    return Config(**values)
+
+
+def main(argv) -> int:
+    if len(argv) > 1:
+        sys.stderr.write(
+            f"run.py: unexpected arguments {argv[1:]}; flags look like --name=value.\n"
+        )
+        return 2
+    if FLAGS.use_tpu or FLAGS.tpu_name:
+        sys.stderr.write("run.py: --use_tpu/--tpu_name: TPU training is not available yet.\n")
+        return 2
+    from simclr_tf2 import train
+
+    try:
+        train.run(config_from_flags(), eval_dataset=FLAGS.eval_dataset)
+    except (ConfigError, DataError) as error:
+        sys.stderr.write(f"run.py: {error}\n")
+        return 2
+    except train.TrainingError as error:
+        logging.error("%s", error)
+        sys.stderr.write(f"run.py: {error}\n")
+        return 1
+    return 0
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    # One line and exit status 2 for a mistyped flag, like every other user error.
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        sys.stderr.write(f"run.py: {error}\n")
+        sys.exit(2)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

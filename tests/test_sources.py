@@ -153,8 +153,8 @@ def test_embedded_default():
     assert train.num_classes == 10 and train.image_shape == (32, 32, 3)
     image = next(iter(train.dataset()))["image"].numpy()
     assert image.dtype == np.uint8 and image.max() > 200
-    with pytest.raises(DataError, match="split 'validation' does not exist"):
-        load_source("digits", "validation")
+    with pytest.raises(DataError, match="split .valid. does not exist"):
+        load_source("digits", "valid")
 
 
 def test_tfds_offline_fails_fast_with_instructions(tmp_path):

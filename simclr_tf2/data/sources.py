@@ -190,7 +190,7 @@ def digits_source(split: str = "train", subset: list[str] | None = None) -> Sour
     """scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes), as 32x32 RGB.
 
     Ships with scikit-learn, so it needs no download. Every fifth image is in
-    "test" (360), the others in "train" (1,437).
+    "test" (360; also called "validation"), the others in "train" (1,437).
     """
     from sklearn.datasets import load_digits
 
@@ -200,7 +200,8 @@ def digits_source(split: str = "train", subset: list[str] | None = None) -> Sour
     images = np.round(np.clip(np.repeat(big, 3, axis=-1), 0, 1) * 255).astype(np.uint8)
     labels = digits.target.astype(np.int64)
     index = np.arange(len(labels))
-    parts = {"train": index[index % 5 != 0], "test": index[index % 5 == 0]}
+    test = index[index % 5 == 0]
+    parts = {"train": index[index % 5 != 0], "test": test, "validation": test}
     return _array_source(EMBEDDED_DEFAULT, split, images, labels, 10, parts, subset)
 
 

@@ -1,0 +1,312 @@
+"""A whole run from one Config: train / eval / train_then_eval, pretrain / finetune.
+
+`run(config)` loads the data, builds the model under the strategy, resumes
+from the newest checkpoint in `model_dir` (or starts fine-tuning from
+`config.checkpoint`), trains with `model.fit`, saves checkpoints every
+`checkpoint_steps` / `checkpoint_epochs`, evaluates, and writes
+`config.json`, `result.json` and `result_<step>.json` into `model_dir`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from simclr_tf2.config import Config, ConfigError, validate
+from simclr_tf2.data.pipeline import distributed_dataset
+from simclr_tf2.data.sources import Source, load_source
+from simclr_tf2.models.simclr import SimCLRModel
+from simclr_tf2.optim import WarmUpAndCosineDecay, build_optimizer, warmup_steps_for
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN); the message says why."""
+
+
+def _n_params(variables) -> int:
+    return int(sum(np.prod(v.shape) for v in variables))
+
+
+def build_model(config: Config, num_classes: int | None) -> SimCLRModel:
+    """The SimCLRModel a config describes (call inside the strategy's scope)."""
+    return SimCLRModel(
+        num_classes=num_classes,
+        train_mode=config.train_mode,
+        resnet_depth=config.resnet_depth,
+        width_multiplier=config.width_multiplier,
+        cifar_stem=config.cifar_stem,
+        sk_ratio=config.sk_ratio,
+        se_ratio=config.se_ratio,
+        global_bn=config.global_bn,
+        batch_norm_decay=config.batch_norm_decay,
+        proj_head_mode=config.proj_head_mode,
+        proj_out_dim=config.proj_out_dim,
+        num_proj_layers=config.num_proj_layers,
+        ft_proj_selector=config.ft_proj_selector,
+        temperature=config.temperature,
+        hidden_norm=config.hidden_norm,
+        lineareval_while_pretraining=config.lineareval_while_pretraining,
+        fine_tune_after_block=config.fine_tune_after_block,
+        weight_decay=config.weight_decay,
+        zero_init_logits_layer=config.zero_init_logits_layer,
+    )
+
+
+def _check_image_size(config: Config, source: Source) -> None:
+    if source.image_shape and config.image_size > 2 * min(source.image_shape[:2]):
+        side = min(source.image_shape[:2])
+        raise ConfigError(
+            f"--image_size={config.image_size}: the images of {source.name} are "
+            f"{source.image_shape[0]}x{source.image_shape[1]}; upscaling them more than 2x "
+            f"is almost surely a mistake: use --image_size={side}."
+        )
+
+
+def _latest(path: str) -> str | None:
+    """A checkpoint prefix from a prefix or a directory of checkpoints."""
+    if tf.io.gfile.isdir(path):
+        return tf.train.latest_checkpoint(path)
+    if tf.io.gfile.exists(path + ".index"):
+        return path
+    return None
+
+
+class _Checkpointing(keras.callbacks.Callback):
+    """Saves every epoch (= checkpoint interval), stops at the planned step, and
+    stops without saving when the loss is not finite."""
+
+    def __init__(self, manager: tf.train.CheckpointManager, total_steps: int):
+        super().__init__()
+        self.manager = manager
+        self.total_steps = total_steps
+        self.bad_step = None
+        self.bad_value = None
+
+    def _step(self) -> int:
+        return int(self.model.optimizer.iterations.numpy())
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("total_loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.bad_step, self.bad_value = self._step(), float(loss)
+            self.model.stop_training = True
+        elif self._step() >= self.total_steps:
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.bad_step is None:
+            self.save()
+
+    def save(self) -> None:
+        step = self._step()
+        if self.manager.latest_checkpoint != f"{self.manager.directory}/ckpt-{step}":
+            path = self.manager.save(checkpoint_number=step)
+            logging.info("Saved checkpoint %s", path)
+
+
+def _write_json(path: str, data: dict) -> None:
+    # Written to a temporary file and renamed, so a crash never leaves half a file.
+    tmp = path + ".tmp"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write(json.dumps(data, indent=2, sort_keys=True))
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def evaluate(
+    model: SimCLRModel,
+    source: Source,
+    config: Config,
+    strategy: tf.distribute.Strategy,
+    model_dir: str,
+    started: float,
+) -> dict:
+    """Evaluates on `source`, writes result.json / result_<step>.json and eval events."""
+    step = int(model.optimizer.iterations.numpy())
+    dataset = distributed_dataset(
+        strategy,
+        source,
+        config.eval_batch_size,
+        image_size=config.image_size,
+        mode="eval",
+        cache=config.cache_dataset,
+    )
+    metrics = model.evaluate(dataset, steps=config.eval_steps or None, verbose=0, return_dict=True)
+    result = {
+        "global_step": step,
+        "wall_clock_seconds": round(time.time() - started, 1),
+        **{k: float(v) for k, v in metrics.items()},
+    }
+    if "supervised_acc" in metrics:
+        result["top_1_accuracy"] = float(metrics["supervised_acc"])
+        result["top_5_accuracy"] = float(metrics["supervised_top5_acc"])
+    writer = tf.summary.create_file_writer(os.path.join(model_dir, "eval"))
+    with writer.as_default(step=step):
+        for key, value in metrics.items():
+            tf.summary.scalar(key, value)
+    writer.close()
+    _write_json(os.path.join(model_dir, f"result_{step}.json"), result)
+    _write_json(os.path.join(model_dir, "result.json"), result)
+    logging.info("Evaluation at step %d: %s", step, result)
+    return result
+
+
+def run(config: Config, eval_dataset: str | None = None, strategy=None) -> dict | None:
+    """Runs what `config.mode` says; returns the last evaluation result, if any.
+
+    Raises:
+        ConfigError / DataError: a setting or the data is wrong (before any compute).
+        TrainingError: the loss became non-finite.
+    """
+    started = time.time()
+    strategy = strategy or tf.distribute.get_strategy()
+    replicas = strategy.num_replicas_in_sync
+    validate(config, replicas)
+    if not config.model_dir:
+        raise ConfigError("--model_dir=None: set where checkpoints and results go.")
+    training = config.mode in ("train", "train_then_eval")
+    evaluating = config.mode in ("eval", "train_then_eval")
+
+    train_source = eval_source = None
+    if training:
+        train_source = load_source(
+            config.dataset,
+            config.train_split,
+            config.data_dir,
+            skip_bad_images=config.skip_bad_images,
+            label_subset=config.label_subset,
+        )
+        _check_image_size(config, train_source)
+        if config.train_mode == "finetune":
+            train_source.require_classes("fine-tuning")
+    if evaluating:
+        eval_source = load_source(
+            eval_dataset or config.dataset,
+            config.eval_split,
+            config.data_dir,
+            skip_bad_images=config.skip_bad_images,
+        )
+        eval_source.require_classes("evaluation")
+        _check_image_size(config, eval_source)
+    num_classes = (train_source or eval_source).num_classes
+    if config.lineareval_while_pretraining and config.train_mode == "pretrain" and not num_classes:
+        logging.warning("%s has no labels: no linear evaluation while pretraining.", config.dataset)
+
+    tf.io.gfile.makedirs(config.model_dir)
+    _write_json(os.path.join(config.model_dir, "config.json"), json.loads(config.to_json()))
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+    examples = train_source.num_examples if train_source else config.train_batch_size
+    steps_per_epoch = max(1, examples // config.train_batch_size)
+    total_steps = config.train_steps or config.train_epochs * steps_per_epoch
+    every = config.checkpoint_steps or config.checkpoint_epochs * steps_per_epoch
+    every = max(1, min(every, total_steps))
+    warmup = min(
+        warmup_steps_for(config.warmup_epochs, examples, config.train_batch_size), total_steps
+    )
+
+    with strategy.scope():
+        model = build_model(config, num_classes)
+        model.build((None, config.image_size, config.image_size, 3))
+        schedule = WarmUpAndCosineDecay(
+            config.learning_rate,
+            config.train_batch_size,
+            total_steps,
+            warmup,
+            config.learning_rate_scaling,
+        )
+        optimizer = build_optimizer(
+            config.optimizer, schedule, config.momentum, config.weight_decay
+        )
+        model.compile(optimizer=optimizer)
+        optimizer.build(model.trainable_variables)
+
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    manager = tf.train.CheckpointManager(
+        checkpoint, config.model_dir, max_to_keep=config.keep_checkpoint_max
+    )
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        logging.info("Restored %s", manager.latest_checkpoint)
+    elif config.checkpoint:
+        path = _latest(config.checkpoint)
+        if path is None:
+            raise ConfigError(
+                f"--checkpoint={config.checkpoint}: no checkpoint there (give a prefix such as "
+                "model_dir/ckpt-1000 or a directory holding checkpoints)."
+            )
+        if config.train_mode == "finetune":
+            # The pretrained encoder and projection head; a new supervised head.
+            parts = tf.train.Checkpoint(
+                encoder=model.encoder, projection_head=model.projection_head
+            )
+            tf.train.Checkpoint(model=parts).restore(path).expect_partial()
+        else:
+            tf.train.Checkpoint(model=model).restore(path).expect_partial()
+        logging.info("Initialised from %s", path)
+    start_step = int(optimizer.iterations.numpy())
+
+    logging.info(
+        "Strategy %s with %d replica(s); batch %d per replica, %d global; encoder %s "
+        "parameters, heads %s; %d steps planned (%.2f epochs of %d examples), from step %d.",
+        type(strategy).__name__,
+        replicas,
+        config.train_batch_size // replicas,
+        config.train_batch_size,
+        f"{_n_params(model.encoder.weights):,}",
+        f"{_n_params(model.weights) - _n_params(model.encoder.weights):,}",
+        total_steps,
+        total_steps / steps_per_epoch,
+        examples,
+        start_step,
+    )
+
+    if training and start_step < total_steps:
+        dataset = distributed_dataset(
+            strategy,
+            train_source,
+            config.train_batch_size,
+            image_size=config.image_size,
+            mode=config.train_mode,
+            color_jitter_strength=config.color_jitter_strength,
+            use_blur=config.use_blur,
+            # A resumed run continues with new views rather than repeating the first ones.
+            seed=config.seed + 7919 * start_step,
+            cache=config.cache_dataset,
+            deterministic=config.deterministic,
+        )
+        saver = _Checkpointing(manager, total_steps)
+        callbacks = [
+            saver,
+            keras.callbacks.TensorBoard(log_dir=config.model_dir, update_freq=max(1, every // 10)),
+        ]
+        model.fit(
+            dataset,
+            steps_per_epoch=every,
+            epochs=math.ceil(total_steps / every),
+            initial_epoch=start_step // every,
+            callbacks=callbacks,
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
+        if saver.bad_step is not None:
+            raise TrainingError(
+                f"the loss became {saver.bad_value} at step {saver.bad_step}; stopped without "
+                f"saving, the last good checkpoint ({manager.latest_checkpoint}) is kept. Likely "
+                "causes: a learning rate too high (--learning_rate) or a temperature too low "
+                "(--temperature)."
+            )
+        saver.save()
+    result = None
+    if evaluating:
+        result = evaluate(model, eval_source, config, strategy, config.model_dir, started)
+    logging.info("Outputs are in %s", config.model_dir)
+    return result

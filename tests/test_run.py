@@ -1,0 +1,141 @@
+"""End to end: the real run.py in a subprocess, on tiny settings."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = [
+    "--dataset=digits",
+    "--eval_split=test",
+    "--image_size=32",
+    "--resnet_depth=18",
+    "--width_multiplier=0.25",
+    "--train_batch_size=64",
+    "--eval_batch_size=128",
+    "--checkpoint_steps=10",
+    "--learning_rate=1.0",
+    "--temperature=0.5",
+    "--warmup_epochs=0",
+]
+
+
+def run(*args, timeout=600):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "run.py"), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def checkpoints(model_dir):
+    return sorted(
+        int(m.group(1)) for f in os.listdir(model_dir) if (m := re.match(r"ckpt-(\d+)\.index$", f))
+    )
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    model_dir = str(tmp_path_factory.mktemp("run"))
+    proc = run("--mode=train_then_eval", "--train_steps=20", f"--model_dir={model_dir}", *TINY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return model_dir, proc
+
+
+def test_train_then_eval_writes_every_output(finished):
+    model_dir, proc = finished
+    assert checkpoints(model_dir) == [10, 20]
+    config = json.load(open(os.path.join(model_dir, "config.json")))
+    assert config["dataset"] == "digits" and config["train_steps"] == 20
+    result = json.load(open(os.path.join(model_dir, "result.json")))
+    assert result == json.load(open(os.path.join(model_dir, "result_20.json")))
+    assert result["global_step"] == 20 and result["wall_clock_seconds"] > 0
+    assert 0 <= result["top_1_accuracy"] <= result["top_5_accuracy"] <= 1
+    # The startup log states the run's shape.
+    assert "1 replica(s); batch 64 per replica, 64 global" in proc.stderr
+    assert "20 steps planned" in proc.stderr and f"Outputs are in {model_dir}" in proc.stderr
+
+
+def test_tensorboard_events_hold_the_scalars(finished):
+    model_dir, _ = finished
+    train = EventAccumulator(os.path.join(model_dir, "train"))
+    train.Reload()
+    tags = set(train.Tags()["tensors"])
+    for name in ("contrast_loss", "contrast_acc", "supervised_acc", "learning_rate", "total_loss"):
+        assert f"epoch_{name}" in tags
+    assert len(train.Tensors("epoch_contrast_loss")) == 2  # one per checkpoint interval
+    evaluation = EventAccumulator(os.path.join(model_dir, "eval"))
+    evaluation.Reload()
+    assert {"supervised_acc", "supervised_top5_acc"} <= set(evaluation.Tags()["tensors"])
+    assert evaluation.Tensors("supervised_acc")[0].step == 20
+
+
+def test_rerun_resumes_and_stops_at_the_planned_step(finished, tmp_path):
+    model_dir, _ = finished
+    # Same command again: nothing left to train, the result is rewritten.
+    again = run("--mode=train_then_eval", "--train_steps=20", f"--model_dir={model_dir}", *TINY)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Restored" in again.stderr and "from step 20" in again.stderr
+    assert checkpoints(model_dir) == [10, 20]
+    # A longer plan continues from the last checkpoint.
+    longer = run("--mode=train", "--train_steps=30", f"--model_dir={model_dir}", *TINY)
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    assert "from step 20" in longer.stderr
+    assert checkpoints(model_dir) == [10, 20, 30]
+
+
+WRONG = [
+    (["--dataset=no_such_dataset"], "--dataset=no_such_dataset: not the embedded default"),
+    (["--dataset=/no/such/folder"], "--dataset=/no/such/folder: no such directory"),
+    (["--dataset=missing.npz"], "--dataset=missing.npz: no such file"),
+    (["--train_batch_size=0"], "--train_batch_size=0: must be positive"),
+    (["--learning_rate=-1"], "--learning_rate=-1.0: must not be negative"),
+    (["--train_mode=finetune"], "--checkpoint=None: --train_mode=finetune needs --checkpoint"),
+    (["--fine_tune_after_block=2"], "--fine_tune_after_block=2: only applies with"),
+    (["--temperature=0"], "--temperature=0.0: must be positive"),
+    (["--resnet_depth=42"], "--resnet_depth=42: use one of"),
+    (["--mode=evaluate"], "flag --mode=evaluate: value should be one of"),
+    (
+        ["--proj_head_mode=linear", "--ft_proj_selector=3"],
+        "--ft_proj_selector=3: must be in [0, 1]",
+    ),
+    (["stray_argument"], "unexpected arguments ['stray_argument']"),
+    (["--train_mode=finetune", "--checkpoint=/no/ckpt"], "--checkpoint=/no/ckpt: no checkpoint"),
+    (["--mode=train_then_eval", "--eval_split=nope"], "split 'nope' does not exist for"),
+    (["--train_steps=0", "--train_epochs=0"], "--train_epochs=0: with --train_steps=0 nothing"),
+]
+
+
+def test_wrong_invocations_exit_2_with_one_line(tmp_path):
+    def attempt(case):
+        args, expected = case
+        # --train_steps=1 first: a case that wrongly passes validation ends quickly.
+        return case, run(*TINY, "--train_steps=1", f"--model_dir={tmp_path}", *args, timeout=300)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(attempt, WRONG))
+    for (args, expected), proc in results:
+        assert proc.returncode == 2, (args, proc.stderr[-2000:])
+        lines = [line for line in proc.stderr.splitlines() if line.startswith("run.py: ")]
+        assert len(lines) == 1 and expected in lines[0], (args, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr, args
+
+
+def test_image_size_mismatch_with_npz(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "small.npz"
+    np.savez(path, images=np.zeros((8, 32, 32, 3), np.uint8), labels=np.arange(8) % 2)
+    proc = run(*TINY, f"--model_dir={tmp_path}", f"--dataset={path}", "--image_size=224")
+    assert proc.returncode == 2
+    assert "--image_size=224: the images of" in proc.stderr and "use --image_size=32" in proc.stderr
