@@ -296,6 +296,7 @@ def run(config: Config, eval_dataset: str | None = None, strategy=None) -> dict 
             initial_epoch=start_step // every,
             callbacks=callbacks,
             verbose=1 if sys.stdout.isatty() else 2,
+            shuffle=False,  # the input pipeline shuffles
         )
         if saver.bad_step is not None:
             raise TrainingError(
