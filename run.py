@@ -16,7 +16,7 @@ import sys
 from absl import app, flags, logging
 
 from simclr_tf2.config import MODES, TRAIN_MODES, Config, ConfigError
-from simclr_tf2.data.sources import DataError
+from simclr_tf2.data.sources import VERIFY_MODES, DataError
 from simclr_tf2.models.heads import PROJ_HEAD_MODES
 from simclr_tf2.optim import OPTIMIZERS
 from simclr_tf2.optim.schedules import SCALINGS
@@ -37,6 +37,8 @@ _HELP = {
     "label_subset": "File of example ids, one per line, to train on (1%/10% lists).",
     "cache_dataset": "Keep the decoded training examples in memory.",
     "skip_bad_images": "Skip (and log) unreadable image files instead of stopping.",
+    "verify_images": "Image folders: 'header' checks each file's signature and end marker "
+    "(fast); 'decode' also decodes every file before training.",
     "image_size": "Side of the views in pixels; <= 32 selects the CIFAR stem and no blur.",
     "color_jitter_strength": "Strength s of the colour distortion.",
     "use_blur": "Gaussian blur on the views (never at 32 px or less).",
@@ -82,6 +84,7 @@ _CHOICES = {
     "optimizer": OPTIMIZERS,
     "learning_rate_scaling": SCALINGS,
     "proj_head_mode": PROJ_HEAD_MODES,
+    "verify_images": VERIFY_MODES,
 }
 _REFERENCE_ONLY = {
     # Accepted for compatibility with the paper's run.py; TPU wiring comes later.

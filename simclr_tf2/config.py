@@ -12,6 +12,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
+from simclr_tf2.data.sources import VERIFY_MODES
 from simclr_tf2.models.heads import PROJ_HEAD_MODES, num_head_outputs
 from simclr_tf2.models.resnet import BLOCK_SPECS
 from simclr_tf2.optim import OPTIMIZERS
@@ -42,6 +43,7 @@ class Config:
     label_subset: str | None = None
     cache_dataset: bool = False
     skip_bad_images: bool = False
+    verify_images: str = "header"
     image_size: int = 224
     color_jitter_strength: float = 1.0
     use_blur: bool = True
@@ -104,6 +106,7 @@ def validate(config: Config, num_replicas: int = 1) -> Config:
         "optimizer": OPTIMIZERS,
         "learning_rate_scaling": SCALINGS,
         "proj_head_mode": PROJ_HEAD_MODES,
+        "verify_images": VERIFY_MODES,
     }
     for flag, allowed in choices.items():
         if getattr(c, flag) not in allowed:

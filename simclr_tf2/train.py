@@ -181,17 +181,21 @@ def run(config: Config, eval_dataset: str | None = None, strategy=None) -> dict 
             config.train_split,
             config.data_dir,
             skip_bad_images=config.skip_bad_images,
+            verify_images=config.verify_images,
             label_subset=config.label_subset,
         )
         _check_image_size(config, train_source)
         if config.train_mode == "finetune":
             train_source.require_classes("fine-tuning")
+        elif config.lineareval_while_pretraining and train_source.num_classes is not None:
+            train_source.require_classes("--lineareval_while_pretraining")
     if evaluating:
         eval_source = load_source(
             eval_dataset or config.dataset,
             config.eval_split,
             config.data_dir,
             skip_bad_images=config.skip_bad_images,
+            verify_images=config.verify_images,
         )
         eval_source.require_classes("evaluation")
         _check_image_size(config, eval_source)

@@ -105,6 +105,7 @@ WRONG = [
     (["--temperature=0"], "--temperature=0.0: must be positive"),
     (["--resnet_depth=42"], "--resnet_depth=42: use one of"),
     (["--mode=evaluate"], "flag --mode=evaluate: value should be one of"),
+    (["--verify_images=full"], "flag --verify_images=full: value should be one of"),
     (
         ["--proj_head_mode=linear", "--ft_proj_selector=3"],
         "--ft_proj_selector=3: must be in [0, 1]",
@@ -129,6 +130,17 @@ def test_wrong_invocations_exit_2_with_one_line(tmp_path):
         lines = [line for line in proc.stderr.splitlines() if line.startswith("run.py: ")]
         assert len(lines) == 1 and expected in lines[0], (args, proc.stderr[-2000:])
         assert "Traceback" not in proc.stderr, args
+
+
+def test_one_class_folder_for_linear_eval(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "images" / "only_class"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(folder / "a.png")
+    proc = run(*TINY, f"--model_dir={tmp_path}", f"--dataset={tmp_path / 'images'}")
+    assert proc.returncode == 2
+    assert "has 1 class, and --lineareval_while_pretraining needs at least 2" in proc.stderr
 
 
 def test_image_size_mismatch_with_npz(tmp_path):
