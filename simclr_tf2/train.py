@@ -257,6 +257,11 @@ def run(config: Config, eval_dataset: str | None = None, strategy=None) -> dict 
         else:
             tf.train.Checkpoint(model=model).restore(path).expect_partial()
         logging.info("Initialised from %s", path)
+    elif not training:
+        raise ConfigError(
+            f"--mode=eval: no checkpoint in --model_dir={config.model_dir} and no --checkpoint; "
+            "train first or point at a trained model."
+        )
     start_step = int(optimizer.iterations.numpy())
 
     logging.info(

@@ -105,6 +105,7 @@ WRONG = [
     (["--temperature=0"], "--temperature=0.0: must be positive"),
     (["--resnet_depth=42"], "--resnet_depth=42: use one of"),
     (["--mode=evaluate"], "flag --mode=evaluate: value should be one of"),
+    (["--mode=eval"], "--mode=eval: no checkpoint in --model_dir="),
     (["--verify_images=full"], "flag --verify_images=full: value should be one of"),
     (
         ["--proj_head_mode=linear", "--ft_proj_selector=3"],

@@ -207,3 +207,43 @@ def test_bad_arguments(kwargs, message):
 def test_bad_channel_count():
     with pytest.raises(ValueError, match="got 4"):
         tiny()(np.zeros((2, SIZE, SIZE, 4), np.float32))
+
+
+def same_weights(a, b):
+    return len(a.weights) == len(b.weights) and all(
+        np.array_equal(x.numpy(), y.numpy()) for x, y in zip(a.weights, b.weights, strict=True)
+    )
+
+
+@pytest.fixture
+def trained_checkpoint(tmp_path):
+    """A model after fit, saved with its optimizer as train.run saves it."""
+    model = tiny()
+    x, y = data()
+    fit_two_steps(model, x, y, optimizer="lars")
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    return model, checkpoint.save(str(tmp_path / "ckpt"))
+
+
+def test_checkpoint_holds_every_model_weight(trained_checkpoint):
+    model, path = trained_checkpoint
+    saved = [name for name, _ in tf.train.list_variables(path)]
+    # TF stores each variable once, under its shortest path: trainable weights
+    # under optimizer/, the BN moving statistics only under model/ - so every
+    # layer must be reachable from the model (layers held in Python lists are
+    # not, and their statistics were silently lost).
+    for stat in ("moving_mean", "moving_variance"):
+        assert sum(stat in name for name in saved) == sum(stat in v.path for v in model.weights)
+    restored = tiny()
+    tf.train.Checkpoint(model=restored).restore(path).expect_partial()
+    assert same_weights(model, restored)
+
+
+def test_finetuning_restores_encoder_and_head_from_a_pretraining_checkpoint(trained_checkpoint):
+    model, path = trained_checkpoint
+    finetune = tiny(train_mode="finetune", num_classes=5)
+    assert not same_weights(model.encoder, finetune.encoder)
+    parts = tf.train.Checkpoint(encoder=finetune.encoder, projection_head=finetune.projection_head)
+    tf.train.Checkpoint(model=parts).restore(path).expect_partial()
+    assert same_weights(model.encoder, finetune.encoder)
+    assert same_weights(model.projection_head, finetune.projection_head)

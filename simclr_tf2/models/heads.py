@@ -128,7 +128,12 @@ class ProjectionHead(keras.layers.Layer):
         self.global_bn = global_bn
         self.batch_norm_decay = batch_norm_decay
         self.batch_norm_epsilon = batch_norm_epsilon
-        self.layers_ = []
+        self.num_layers = 0
+
+    @property
+    def layers_(self) -> list[LinearLayer]:
+        # Held as attributes nl_0, nl_1, ...: tf.train.Checkpoint does not follow lists.
+        return [getattr(self, f"nl_{j}") for j in range(self.num_layers)]
 
     def build(self, input_shape):
         bn_args = dict(
@@ -137,24 +142,17 @@ class ProjectionHead(keras.layers.Layer):
             batch_norm_epsilon=self.batch_norm_epsilon,
         )
         if self.proj_head_mode == "linear":
-            self.layers_ = [
-                LinearLayer(self.proj_out_dim, use_bias=False, use_bn=True, name="nl_0", **bn_args)
-            ]
+            widths = [self.proj_out_dim]
         elif self.proj_head_mode == "nonlinear":
-            width = int(input_shape[-1])
-            self.layers_ = [
-                LinearLayer(width, use_bias=True, use_bn=True, name=f"nl_{j}", **bn_args)
-                for j in range(self.num_proj_layers - 1)
-            ]
-            self.layers_.append(
-                LinearLayer(
-                    self.proj_out_dim,
-                    use_bias=False,
-                    use_bn=True,
-                    name=f"nl_{self.num_proj_layers - 1}",
-                    **bn_args,
-                )
-            )
+            widths = [int(input_shape[-1])] * (self.num_proj_layers - 1) + [self.proj_out_dim]
+        else:
+            widths = []
+        last = len(widths) - 1
+        for j, width in enumerate(widths):
+            # Hidden layers: Dense + BN (+ ReLU in call); the last one: no bias, no beta.
+            layer = LinearLayer(width, use_bias=j < last, use_bn=True, name=f"nl_{j}", **bn_args)
+            setattr(self, f"nl_{j}", layer)
+        self.num_layers = len(widths)
 
     def call(self, inputs, training=None):
         hiddens = [inputs]

@@ -115,8 +115,10 @@ class FixedPaddingConv2D(keras.layers.Layer):
 class _Block(keras.layers.Layer):
     """Common parts of the residual and bottleneck blocks.
 
-    Subclasses list their main-path layers in `self.convs` and `self.norms`; the last
-    norm is zero-initialised so that every block starts as the identity.
+    Subclasses add their main-path layers with `_add_path(convs, norms)`; the last
+    norm is zero-initialised so that every block starts as the identity. Layers
+    are held as named attributes (conv1, bn1, ...), not in Python lists, because
+    `tf.train.Checkpoint` does not follow lists of Keras layers.
     `_spatial_conv` is the one place a 3x3 convolution is made: the seam where
     selective kernels (SimCLRv2) plug in.
     """
@@ -146,6 +148,20 @@ class _Block(keras.layers.Layer):
                 filters * self.expansion, 1, strides, name="shortcut_conv"
             )
             self.shortcut_norm = self._norm(name="shortcut_batch_normalization")
+
+    def _add_path(self, convs: list, norms: list) -> None:
+        self.path_length = len(convs)
+        for i, (conv, norm) in enumerate(zip(convs, norms, strict=True)):
+            setattr(self, f"conv{i + 1}", conv)
+            setattr(self, f"bn{i + 1}", norm)
+
+    @property
+    def convs(self) -> list[keras.layers.Layer]:
+        return [getattr(self, f"conv{i + 1}") for i in range(self.path_length)]
+
+    @property
+    def norms(self) -> list[keras.layers.Layer]:
+        return [getattr(self, f"bn{i + 1}") for i in range(self.path_length)]
 
     def _norm(self, name: str, zero_init: bool = False) -> keras.layers.BatchNormalization:
         return batch_norm(
@@ -193,14 +209,16 @@ class ResidualBlock(_Block):
 
     def __init__(self, filters: int, strides: int = 1, **kwargs):
         super().__init__(filters, strides, **kwargs)
-        self.convs = [
-            self._spatial_conv(filters, strides, "conv2d_1"),
-            self._spatial_conv(filters, 1, "conv2d_2"),
-        ]
-        self.norms = [
-            self._norm("batch_normalization_1"),
-            self._norm("batch_normalization_2", zero_init=True),
-        ]
+        self._add_path(
+            [
+                self._spatial_conv(filters, strides, "conv2d_1"),
+                self._spatial_conv(filters, 1, "conv2d_2"),
+            ],
+            [
+                self._norm("batch_normalization_1"),
+                self._norm("batch_normalization_2", zero_init=True),
+            ],
+        )
 
 
 class BottleneckBlock(_Block):
@@ -210,16 +228,42 @@ class BottleneckBlock(_Block):
 
     def __init__(self, filters: int, strides: int = 1, **kwargs):
         super().__init__(filters, strides, **kwargs)
-        self.convs = [
-            FixedPaddingConv2D(filters, 1, 1, name="conv2d_1"),
-            self._spatial_conv(filters, strides, "conv2d_2"),
-            FixedPaddingConv2D(4 * filters, 1, 1, name="conv2d_3"),
-        ]
-        self.norms = [
-            self._norm("batch_normalization_1"),
-            self._norm("batch_normalization_2"),
-            self._norm("batch_normalization_3", zero_init=True),
-        ]
+        self._add_path(
+            [
+                FixedPaddingConv2D(filters, 1, 1, name="conv2d_1"),
+                self._spatial_conv(filters, strides, "conv2d_2"),
+                FixedPaddingConv2D(4 * filters, 1, 1, name="conv2d_3"),
+            ],
+            [
+                self._norm("batch_normalization_1"),
+                self._norm("batch_normalization_2"),
+                self._norm("batch_normalization_3", zero_init=True),
+            ],
+        )
+
+
+class BlockGroup(keras.layers.Layer):
+    """A stage of residual blocks; the first one may stride and project.
+
+    Blocks are held as attributes block_0, block_1, ...: `tf.train.Checkpoint`
+    does not follow Python lists of Keras layers.
+    """
+
+    def __init__(self, blocks: list[keras.layers.Layer], **kwargs):
+        super().__init__(**kwargs)
+        self.num_blocks = len(blocks)
+        for b, block in enumerate(blocks):
+            setattr(self, f"block_{b}", block)
+
+    @property
+    def blocks(self) -> list[keras.layers.Layer]:
+        return [getattr(self, f"block_{b}") for b in range(self.num_blocks)]
+
+    def call(self, inputs, training=None):
+        x = inputs
+        for block in self.blocks:
+            x = block(x, training=training)
+        return x
 
 
 class ResNet(keras.layers.Layer):
@@ -292,24 +336,27 @@ class ResNet(keras.layers.Layer):
             batch_norm_decay=batch_norm_decay,
             batch_norm_epsilon=batch_norm_epsilon,
         )
-        self.block_groups = []
         for g, (base, count) in enumerate(zip((64, 128, 256, 512), counts, strict=True)):
-            group = keras.Sequential(name=f"block_group{g + 1}")
-            for b in range(count):
-                group.add(
-                    block_cls(
-                        self._width(base),
-                        strides=(1 if g == 0 else 2) if b == 0 else 1,
-                        use_projection=b == 0,
-                        name=f"block_{b}",
-                        **block_args,
-                    )
+            blocks = [
+                block_cls(
+                    self._width(base),
+                    strides=(1 if g == 0 else 2) if b == 0 else 1,
+                    use_projection=b == 0,
+                    name=f"block_{b}",
+                    **block_args,
                 )
-            self.block_groups.append(group)
+                for b in range(count)
+            ]
+            # Attributes, not a list: tf.train.Checkpoint does not follow lists.
+            setattr(self, f"block_group{g + 1}", BlockGroup(blocks, name=f"block_group{g + 1}"))
         self.output_width = self._width(512) * block_cls.expansion
 
     def _width(self, channels: int) -> int:
         return max(1, int(round(channels * self.width_multiplier)))
+
+    @property
+    def block_groups(self) -> list[BlockGroup]:
+        return [getattr(self, f"block_group{g}") for g in range(1, 5)]
 
     @property
     def stages(self) -> list[list[keras.layers.Layer]]:
