@@ -15,11 +15,8 @@ import sys
 
 from absl import app, flags, logging
 
-from simclr_tf2.config import MODES, TRAIN_MODES, Config, ConfigError
-from simclr_tf2.data.sources import VERIFY_MODES, DataError
-from simclr_tf2.models.heads import PROJ_HEAD_MODES
-from simclr_tf2.optim import OPTIMIZERS
-from simclr_tf2.optim.schedules import SCALINGS
+from simclr_tf2.config import CHOICES, Config, ConfigError
+from simclr_tf2.data.sources import DataError
 
 _DEFAULTS = Config()
 _HELP = {
@@ -78,14 +75,6 @@ _HELP = {
     "seed": "Seed of initialisation, shuffling and augmentation.",
     "deterministic": "Same data order and views on every run (slower input pipeline).",
 }
-_CHOICES = {
-    "mode": MODES,
-    "train_mode": TRAIN_MODES,
-    "optimizer": OPTIMIZERS,
-    "learning_rate_scaling": SCALINGS,
-    "proj_head_mode": PROJ_HEAD_MODES,
-    "verify_images": VERIFY_MODES,
-}
 _REFERENCE_ONLY = {
     # Accepted for compatibility with the paper's run.py; TPU wiring comes later.
     "use_tpu": (False, "Run on a Cloud TPU (not available yet)."),
@@ -100,8 +89,8 @@ _EXTRA = {"eval_dataset": (None, "Dataset to evaluate on; default: --dataset.")}
 def _define_flags() -> None:
     for field in dataclasses.fields(Config):
         name, default, help_text = field.name, getattr(_DEFAULTS, field.name), _HELP[field.name]
-        if name in _CHOICES:
-            flags.DEFINE_enum(name, default, list(_CHOICES[name]), help_text)
+        if name in CHOICES:
+            flags.DEFINE_enum(name, default, list(CHOICES[name]), help_text)
         elif isinstance(default, bool):
             flags.DEFINE_bool(name, default, help_text)
         elif isinstance(default, int):

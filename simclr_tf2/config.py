@@ -22,6 +22,17 @@ MODES = ("train", "eval", "train_then_eval")
 TRAIN_MODES = ("pretrain", "finetune")
 
 
+# The settings that take one of a fixed set of values (run.py makes them enum flags).
+CHOICES = {
+    "mode": MODES,
+    "train_mode": TRAIN_MODES,
+    "optimizer": OPTIMIZERS,
+    "learning_rate_scaling": SCALINGS,
+    "proj_head_mode": PROJ_HEAD_MODES,
+    "verify_images": VERIFY_MODES,
+}
+
+
 class ConfigError(ValueError):
     """An impossible setting; the message names the flag and the fix."""
 
@@ -100,15 +111,7 @@ def _fail(flag: str, value, fix: str) -> None:
 def validate(config: Config, num_replicas: int = 1) -> Config:
     """Raises ConfigError for the first impossible setting; returns the config."""
     c = config
-    choices = {
-        "mode": MODES,
-        "train_mode": TRAIN_MODES,
-        "optimizer": OPTIMIZERS,
-        "learning_rate_scaling": SCALINGS,
-        "proj_head_mode": PROJ_HEAD_MODES,
-        "verify_images": VERIFY_MODES,
-    }
-    for flag, allowed in choices.items():
+    for flag, allowed in CHOICES.items():
         if getattr(c, flag) not in allowed:
             _fail(flag, getattr(c, flag), f"use one of {', '.join(allowed)}.")
     if c.resnet_depth not in BLOCK_SPECS:
@@ -149,18 +152,15 @@ def validate(config: Config, num_replicas: int = 1) -> Config:
         _fail("train_epochs", 0, "with --train_steps=0 nothing would be trained; set one of them.")
     if c.keep_checkpoint_max < 1:
         _fail("keep_checkpoint_max", c.keep_checkpoint_max, "keep at least 1 checkpoint.")
-    if c.train_batch_size % num_replicas:
-        _fail(
-            "train_batch_size",
-            c.train_batch_size,
-            f"must be divisible by the {num_replicas} replicas; use a multiple of {num_replicas}.",
-        )
-    if c.mode != "train" and c.eval_batch_size % num_replicas:
-        _fail(
-            "eval_batch_size",
-            c.eval_batch_size,
-            f"must be divisible by the {num_replicas} replicas; use a multiple of {num_replicas}.",
-        )
+    batch_flags = ["train_batch_size"] + (["eval_batch_size"] if c.mode != "train" else [])
+    for flag in batch_flags:
+        if getattr(c, flag) % num_replicas:
+            _fail(
+                flag,
+                getattr(c, flag),
+                f"must be divisible by the {num_replicas} replicas; "
+                f"use a multiple of {num_replicas}.",
+            )
     if not -1 <= c.fine_tune_after_block <= 4:
         _fail("fine_tune_after_block", c.fine_tune_after_block, "use -1 (all) or 0 to 4.")
     if c.train_mode == "pretrain" and c.fine_tune_after_block != -1:

@@ -1,0 +1,50 @@
+"""Config validation: one line naming the flag, the value and the fix."""
+
+import json
+
+import pytest
+
+from simclr_tf2.config import Config, ConfigError, validate
+
+
+def test_defaults_are_the_paper_codes_and_valid():
+    config = validate(Config())
+    assert (config.learning_rate, config.temperature, config.train_batch_size) == (0.3, 0.1, 512)
+    assert (config.resnet_depth, config.proj_head_mode, config.optimizer) == (
+        50,
+        "nonlinear",
+        "lars",
+    )
+    assert json.loads(config.to_json())["weight_decay"] == 1e-6
+    assert Config(image_size=32).cifar_stem and not Config(image_size=224).cifar_stem
+
+
+@pytest.mark.parametrize(
+    "kwargs, replicas, message",
+    [
+        (
+            dict(train_batch_size=30),
+            4,
+            "--train_batch_size=30: must be divisible by the 4 replicas",
+        ),
+        (
+            dict(mode="train_then_eval", train_batch_size=32, eval_batch_size=30),
+            4,
+            "--eval_batch_size=30: must be divisible by the 4 replicas",
+        ),
+        (dict(optimizer="sgd"), 1, "--optimizer=sgd: use one of lars, momentum, adam, lamb"),
+        (dict(batch_norm_decay=1.0), 1, "--batch_norm_decay=1.0: must be in (0, 1)"),
+        (dict(keep_checkpoint_max=0), 1, "--keep_checkpoint_max=0: keep at least 1"),
+        (dict(sk_ratio=0.0625), 1, "--sk_ratio=0.0625: selective-kernel"),
+        (dict(mode="eval"), 1, "--mode=eval: needs --model_dir"),
+    ],
+)
+def test_impossible_settings(kwargs, replicas, message):
+    with pytest.raises(ConfigError) as error:
+        validate(Config(**kwargs), replicas)
+    assert str(error.value).startswith(message)
+    assert "\n" not in str(error.value)
+
+
+def test_eval_batch_is_free_when_only_training():
+    validate(Config(mode="train", train_batch_size=32, eval_batch_size=30), 4)
