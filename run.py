@@ -21,10 +21,12 @@ from simclr_tf2.data.sources import DataError
 _DEFAULTS = Config()
 _HELP = {
     # What to run.
-    "mode": "train, eval (evaluate the checkpoints in --model_dir) or train_then_eval.",
+    "mode": "train, eval (watch --model_dir and evaluate each new checkpoint until the last "
+    "step) or train_then_eval.",
     "train_mode": "pretrain (contrastive) or finetune (supervised, from --checkpoint).",
     "model_dir": "Where checkpoints, TensorBoard events and results go (re-run to resume).",
-    "checkpoint": "Checkpoint prefix or directory to start fine-tuning from.",
+    "checkpoint": "Where to start from: a checkpoint prefix, a directory of checkpoints, or an "
+    "exported SavedModel (model_dir/saved_model/<step>).",
     # Data.
     "dataset": "'digits' (embedded, no download), a .npz file, an image folder, or a "
     "prepared TFDS name.",
@@ -48,7 +50,9 @@ _HELP = {
     "checkpoint_epochs": "Save a checkpoint every this many epochs.",
     "checkpoint_steps": "Save a checkpoint every this many steps (overrides the epochs).",
     "keep_checkpoint_max": "Checkpoints to keep.",
-    "keep_hub_module_max": "Exported SavedModels to keep.",
+    "keep_hub_module_max": "Exported SavedModels (model_dir/saved_model/<step>) to keep.",
+    "eval_timeout": "--mode=eval: stop after this many seconds without a new checkpoint "
+    "(0 = wait forever).",
     # Optimisation.
     "optimizer": "lars, momentum (SGD with Nesterov), adam or lamb.",
     "learning_rate": "Base learning rate, scaled by the batch size (--learning_rate_scaling).",

@@ -68,6 +68,7 @@ class Config:
     checkpoint_steps: int = 0
     keep_checkpoint_max: int = 5
     keep_hub_module_max: int = 1
+    eval_timeout: int = 3600
     # Optimisation.
     optimizer: str = "lars"
     learning_rate: float = 0.3
@@ -152,6 +153,10 @@ def validate(config: Config, num_replicas: int = 1) -> Config:
         _fail("train_epochs", 0, "with --train_steps=0 nothing would be trained; set one of them.")
     if c.keep_checkpoint_max < 1:
         _fail("keep_checkpoint_max", c.keep_checkpoint_max, "keep at least 1 checkpoint.")
+    if c.keep_hub_module_max < 1:
+        _fail("keep_hub_module_max", c.keep_hub_module_max, "keep at least 1 export.")
+    if c.eval_timeout < 0:
+        _fail("eval_timeout", c.eval_timeout, "must not be negative (0 = wait forever).")
     batch_flags = ["train_batch_size"] + (["eval_batch_size"] if c.mode != "train" else [])
     for flag in batch_flags:
         if getattr(c, flag) % num_replicas:

@@ -21,8 +21,9 @@ import tensorflow as tf
 from absl import logging
 
 from simclr_tf2.config import Config, ConfigError, validate
-from simclr_tf2.data.pipeline import distributed_dataset
+from simclr_tf2.data.pipeline import build_dataset, distributed_dataset
 from simclr_tf2.data.sources import Source, load_source
+from simclr_tf2.export import export_step, latest_export, restore_from_saved_model
 from simclr_tf2.models.simclr import SimCLRModel
 from simclr_tf2.optim import WarmUpAndCosineDecay, build_optimizer, warmup_steps_for
 
@@ -112,6 +113,80 @@ class _Checkpointing(keras.callbacks.Callback):
             logging.info("Saved checkpoint %s", path)
 
 
+class _Progress(keras.callbacks.Callback):
+    """Pairs/s and ETA: added to the progress bar's logs on a terminal, and
+    logged as one concise line every `every_s` seconds otherwise."""
+
+    def __init__(self, total_steps: int, batch_size: int, start_step: int, log_lines: bool):
+        super().__init__()
+        self.total_steps = total_steps
+        self.batch_size = batch_size
+        self.start_step = start_step
+        self.log_lines = log_lines
+        self.every_s = 30.0
+        self._t0 = self._last = None
+        self._step0 = start_step
+        self._timing = False
+
+    def on_train_begin(self, logs=None):
+        self._t0 = self._last = time.time()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if logs is None:
+            return
+        step = int(self.model.optimizer.iterations.numpy())
+        now = time.time()
+        if not self._timing:  # the first step includes tracing: start the clock after it
+            self._timing = True
+            self._t0, self._step0 = now, step
+            return
+        if step <= self._step0:
+            return
+        rate = (step - self._step0) / (now - self._t0)
+        logs["pairs_per_s"] = rate * self.batch_size
+        if not self.log_lines or (now - self._last < self.every_s and step < self.total_steps):
+            return
+        self._last = now
+        eta = (self.total_steps - step) / rate
+        parts = [f"step {step}/{self.total_steps} ({100.0 * step / self.total_steps:.0f}%)"]
+        parts += [
+            f"{key} {float(logs[key]):.4g}"
+            for key in ("total_loss", "contrast_acc", "supervised_acc", "learning_rate")
+            if key in logs
+        ]
+        parts.append(f"{logs['pairs_per_s']:.1f} pairs/s")
+        parts.append(
+            "ETA "
+            + (
+                time.strftime("%H:%M:%S", time.gmtime(eta))
+                if eta < 86400
+                else f"{eta / 3600:.0f} h"
+            )
+        )
+        logging.info("%s", ", ".join(parts))
+
+
+def _write_view_images(config: Config, source: Source, step: int, pairs: int = 4) -> None:
+    """A few augmented view pairs (view 1 | view 2) as TensorBoard images in train/."""
+    dataset = build_dataset(
+        source,
+        pairs,
+        config.image_size,
+        mode="pretrain",
+        color_jitter_strength=config.color_jitter_strength,
+        use_blur=config.use_blur,
+        seed=config.seed + step,
+        shuffle_buffer=64,
+    )
+    batch = next(iter(dataset))
+    views = batch[0] if isinstance(batch, tuple) else batch
+    side_by_side = tf.concat(tf.split(views, 2, axis=-1), axis=2)
+    writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "train"))
+    with writer.as_default(step=step):
+        tf.summary.image("augmented_views", side_by_side, max_outputs=pairs)
+    writer.close()
+
+
 def _write_json(path: str, data: dict) -> None:
     # Written to a temporary file and renamed, so a crash never leaves half a file.
     tmp = path + ".tmp"
@@ -128,17 +203,31 @@ def evaluate(
     model_dir: str,
     started: float,
 ) -> dict:
-    """Evaluates on `source`, writes result.json / result_<step>.json and eval events."""
+    """Evaluates on `source`, writes result.json / result_<step>.json and eval events.
+
+    With a supervised head: top-1 / top-5 on centre-cropped images. A
+    pretraining model without one is evaluated on its own task: contrastive
+    loss and accuracy on two augmented views (fixed seed) of the eval split.
+    """
     step = int(model.optimizer.iterations.numpy())
+    two_views = model.supervised_head is None and config.train_mode == "pretrain"
     dataset = distributed_dataset(
         strategy,
         source,
         config.eval_batch_size,
         image_size=config.image_size,
-        mode="eval",
+        mode="pretrain" if two_views else "eval",
+        color_jitter_strength=config.color_jitter_strength,
+        use_blur=config.use_blur,
+        seed=config.seed,
         cache=config.cache_dataset,
+        deterministic=True,
     )
-    metrics = model.evaluate(dataset, steps=config.eval_steps or None, verbose=0, return_dict=True)
+    steps = config.eval_steps or None
+    if two_views:
+        # A pretraining dataset repeats; one pass over the split.
+        steps = config.eval_steps or max(1, source.num_examples // config.eval_batch_size)
+    metrics = model.evaluate(dataset, steps=steps, verbose=0, return_dict=True)
     result = {
         "global_step": step,
         "wall_clock_seconds": round(time.time() - started, 1),
@@ -158,6 +247,67 @@ def evaluate(
     return result
 
 
+def _export(model: SimCLRModel, config: Config) -> str:
+    step = int(model.optimizer.iterations.numpy())
+    path = export_step(model, config.model_dir, step, config.keep_hub_module_max)
+    logging.info("Exported SavedModel %s", path)
+    return path
+
+
+def _initialise(model: SimCLRModel, config: Config) -> str:
+    """Loads `config.checkpoint` (prefix, directory or SavedModel) into `model`.
+
+    Fine-tuning takes the encoder and projection head (a new supervised head);
+    pretraining and evaluation take every weight there is.
+    """
+    layers = [model.encoder, model.projection_head]
+    if config.train_mode == "pretrain" and model.supervised_head is not None:
+        layers.append(model.supervised_head)
+    path = _latest(config.checkpoint)
+    if path is not None:
+        if config.train_mode == "finetune":
+            parts = tf.train.Checkpoint(
+                encoder=model.encoder, projection_head=model.projection_head
+            )
+            status = tf.train.Checkpoint(model=parts).restore(path)
+        else:
+            # Evaluating a checkpoint also takes its step (the optimizer's iterations).
+            status = tf.train.Checkpoint(model=model, optimizer=model.optimizer).restore(path)
+        status.expect_partial()
+        try:
+            status.assert_existing_objects_matched()
+        except AssertionError as error:
+            raise ConfigError(
+                f"--checkpoint={config.checkpoint}: it does not hold this model's weights "
+                f"(another architecture?): {str(error).splitlines()[0][:200]}"
+            ) from None
+        return path
+    export = latest_export(config.checkpoint)
+    if export is None:
+        raise ConfigError(
+            f"--checkpoint={config.checkpoint}: no checkpoint or SavedModel there (give a prefix "
+            "such as model_dir/ckpt-1000, a directory holding checkpoints, or "
+            "model_dir/saved_model/<step>)."
+        )
+    try:
+        restore_from_saved_model(export, layers)
+    except ValueError as error:
+        raise ConfigError(
+            f"--checkpoint={config.checkpoint}: {error}; it was exported from another "
+            "architecture (check --resnet_depth, --width_multiplier, --proj_head_mode)."
+        ) from None
+    return export
+
+
+def _plan(config: Config, train_source: Source | None) -> tuple[int, int, int, int]:
+    """(examples per epoch, steps per epoch, total steps, steps between checkpoints)."""
+    examples = train_source.num_examples if train_source else config.train_batch_size
+    steps_per_epoch = max(1, examples // config.train_batch_size)
+    total_steps = config.train_steps or config.train_epochs * steps_per_epoch
+    every = config.checkpoint_steps or config.checkpoint_epochs * steps_per_epoch
+    return examples, steps_per_epoch, total_steps, max(1, min(every, total_steps))
+
+
 def run(config: Config, eval_dataset: str | None = None, strategy=None) -> dict | None:
     """Runs what `config.mode` says; returns the last evaluation result, if any.
 
@@ -173,21 +323,36 @@ def run(config: Config, eval_dataset: str | None = None, strategy=None) -> dict 
         raise ConfigError("--model_dir=None: set where checkpoints and results go.")
     training = config.mode in ("train", "train_then_eval")
     evaluating = config.mode in ("eval", "train_then_eval")
+    watching = config.mode == "eval" and not config.checkpoint
+    if watching and not (
+        tf.train.latest_checkpoint(config.model_dir)
+        or tf.io.gfile.exists(os.path.join(config.model_dir, "config.json"))
+    ):
+        # Neither a checkpoint nor a training run that started (it writes config.json first).
+        raise ConfigError(
+            f"--mode=eval: no checkpoint in --model_dir={config.model_dir} and no training run "
+            "started there; start --mode=train first, or give --checkpoint."
+        )
 
     train_source = eval_source = None
-    if training:
+    # The watcher needs the training set's size to know the final step.
+    if training or (watching and not config.train_steps):
         train_source = load_source(
             config.dataset,
             config.train_split,
             config.data_dir,
             skip_bad_images=config.skip_bad_images,
-            verify_images=config.verify_images,
+            verify_images=config.verify_images if training else "header",
             label_subset=config.label_subset,
         )
         _check_image_size(config, train_source)
-        if config.train_mode == "finetune":
+        if training and config.train_mode == "finetune":
             train_source.require_classes("fine-tuning")
-        elif config.lineareval_while_pretraining and train_source.num_classes is not None:
+        elif (
+            training
+            and config.lineareval_while_pretraining
+            and train_source.num_classes is not None
+        ):
             train_source.require_classes("--lineareval_while_pretraining")
     if evaluating:
         eval_source = load_source(
@@ -197,23 +362,26 @@ def run(config: Config, eval_dataset: str | None = None, strategy=None) -> dict 
             skip_bad_images=config.skip_bad_images,
             verify_images=config.verify_images,
         )
-        eval_source.require_classes("evaluation")
+        linear_head = config.lineareval_while_pretraining and (
+            train_source is None or train_source.num_classes is not None
+        )
+        if config.train_mode == "finetune" or linear_head:
+            eval_source.require_classes("evaluation (--eval_split)")
         _check_image_size(config, eval_source)
     num_classes = (train_source or eval_source).num_classes
+    if config.train_mode == "pretrain" and not config.lineareval_while_pretraining:
+        num_classes = None
     if config.lineareval_while_pretraining and config.train_mode == "pretrain" and not num_classes:
         logging.warning("%s has no labels: no linear evaluation while pretraining.", config.dataset)
 
     tf.io.gfile.makedirs(config.model_dir)
-    _write_json(os.path.join(config.model_dir, "config.json"), json.loads(config.to_json()))
+    if training:
+        _write_json(os.path.join(config.model_dir, "config.json"), json.loads(config.to_json()))
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
 
-    examples = train_source.num_examples if train_source else config.train_batch_size
-    steps_per_epoch = max(1, examples // config.train_batch_size)
-    total_steps = config.train_steps or config.train_epochs * steps_per_epoch
-    every = config.checkpoint_steps or config.checkpoint_epochs * steps_per_epoch
-    every = max(1, min(every, total_steps))
+    examples, steps_per_epoch, total_steps, every = _plan(config, train_source)
     warmup = min(
         warmup_steps_for(config.warmup_epochs, examples, config.train_batch_size), total_steps
     )
@@ -238,30 +406,13 @@ def run(config: Config, eval_dataset: str | None = None, strategy=None) -> dict 
     manager = tf.train.CheckpointManager(
         checkpoint, config.model_dir, max_to_keep=config.keep_checkpoint_max
     )
-    if manager.latest_checkpoint:
+    if watching:
+        return _watch(model, checkpoint, config, eval_source, strategy, total_steps, started)
+    if manager.latest_checkpoint and config.mode != "eval":
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         logging.info("Restored %s", manager.latest_checkpoint)
     elif config.checkpoint:
-        path = _latest(config.checkpoint)
-        if path is None:
-            raise ConfigError(
-                f"--checkpoint={config.checkpoint}: no checkpoint there (give a prefix such as "
-                "model_dir/ckpt-1000 or a directory holding checkpoints)."
-            )
-        if config.train_mode == "finetune":
-            # The pretrained encoder and projection head; a new supervised head.
-            parts = tf.train.Checkpoint(
-                encoder=model.encoder, projection_head=model.projection_head
-            )
-            tf.train.Checkpoint(model=parts).restore(path).expect_partial()
-        else:
-            tf.train.Checkpoint(model=model).restore(path).expect_partial()
-        logging.info("Initialised from %s", path)
-    elif not training:
-        raise ConfigError(
-            f"--mode=eval: no checkpoint in --model_dir={config.model_dir} and no --checkpoint; "
-            "train first or point at a trained model."
-        )
+        logging.info("Initialised from %s", _initialise(model, config))
     start_step = int(optimizer.iterations.numpy())
 
     logging.info(
@@ -293,9 +444,13 @@ def run(config: Config, eval_dataset: str | None = None, strategy=None) -> dict 
             cache=config.cache_dataset,
             deterministic=config.deterministic,
         )
+        if config.train_mode == "pretrain":
+            _write_view_images(config, train_source, start_step)
         saver = _Checkpointing(manager, total_steps)
+        terminal = sys.stdout.isatty()
         callbacks = [
             saver,
+            _Progress(total_steps, config.train_batch_size, start_step, log_lines=not terminal),
             keras.callbacks.TensorBoard(log_dir=config.model_dir, update_freq=max(1, every // 10)),
         ]
         model.fit(
@@ -304,7 +459,7 @@ def run(config: Config, eval_dataset: str | None = None, strategy=None) -> dict 
             epochs=math.ceil(total_steps / every),
             initial_epoch=start_step // every,
             callbacks=callbacks,
-            verbose=1 if sys.stdout.isatty() else 2,
+            verbose=1 if terminal else 0,
             shuffle=False,  # the input pipeline shuffles
         )
         if saver.bad_step is not None:
@@ -315,8 +470,60 @@ def run(config: Config, eval_dataset: str | None = None, strategy=None) -> dict 
                 "(--temperature)."
             )
         saver.save()
+    if training:
+        _export(model, config)
     result = None
     if evaluating:
         result = evaluate(model, eval_source, config, strategy, config.model_dir, started)
+        if not training:
+            _export(model, config)
+    logging.info("Outputs are in %s", config.model_dir)
+    return result
+
+
+def _watch(
+    model: SimCLRModel,
+    checkpoint: tf.train.Checkpoint,
+    config: Config,
+    eval_source: Source,
+    strategy: tf.distribute.Strategy,
+    total_steps: int,
+    started: float,
+) -> dict | None:
+    """--mode=eval: evaluates each new checkpoint in model_dir until the final step."""
+    result = None
+    timeout = config.eval_timeout or None
+    logging.info(
+        "Watching %s for checkpoints up to step %d (timeout %s s).",
+        config.model_dir,
+        total_steps,
+        timeout,
+    )
+    for path in tf.train.checkpoints_iterator(
+        config.model_dir, min_interval_secs=1, timeout=timeout
+    ):
+        try:
+            checkpoint.restore(path).expect_partial().assert_existing_objects_matched()
+        except (tf.errors.NotFoundError, tf.errors.DataLossError) as error:
+            # Swept by the trainer (keep_checkpoint_max) before we read it.
+            logging.warning("Skipping %s: %s", path, str(error).splitlines()[0])
+            continue
+        result = evaluate(model, eval_source, config, strategy, config.model_dir, started)
+        _export(model, config)
+        if result["global_step"] >= total_steps:
+            break
+    else:
+        if result is None:
+            raise ConfigError(
+                f"--mode=eval: no checkpoint appeared in --model_dir={config.model_dir} within "
+                f"--eval_timeout={config.eval_timeout} s."
+            )
+        logging.warning(
+            "No new checkpoint within --eval_timeout=%d s; the last one evaluated is step %d "
+            "of %d.",
+            config.eval_timeout,
+            result["global_step"],
+            total_steps,
+        )
     logging.info("Outputs are in %s", config.model_dir)
     return result

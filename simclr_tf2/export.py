@@ -1,0 +1,166 @@
+"""SavedModel export for TF Hub, `tf.saved_model.load` and `keras.layers.TFSMLayer`.
+
+`export_saved_model(model, path)` writes a reusable SavedModel:
+
+- `obj(images, trainable=False)`: images are float32 in [0, 1], (B, H, W, 3)
+  of any size. Returns a dict with the encoder's block outputs
+  (`initial_conv`, `initial_max_pool`, `block_group1`..`block_group4`),
+  `final_avg_pool` (h, the representation), `proj_head_output` (z) and,
+  when the model has a supervised head, `logits_sup`. `trainable=True` runs
+  batch norm in training mode (batch statistics, moving averages updated),
+  for fine-tuning; `training=` is accepted as a synonym (the reusable
+  SavedModel convention that `hub.KerasLayer` follows).
+- `obj.serve(images)` / `obj.train(images)`: the same with `trainable` fixed,
+  and the `serving_default` signature; the endpoints `keras.layers.TFSMLayer`
+  uses (`call_endpoint="serve", call_training_endpoint="train"`).
+- `obj.variables`, `obj.trainable_variables`, `obj.regularization_losses`:
+  what a consumer needs to fine-tune the loaded model.
+- `obj.variable_paths`: the Keras path of each of `obj.variables`
+  (`resnet/block_group1/...`), which is how `restore_from_saved_model` starts
+  fine-tuning from an export.
+
+An export is written to a temporary directory and renamed into place, so a
+crash never leaves half an export under its final name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+
+import keras
+import tensorflow as tf
+
+_IMAGES = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
+
+
+def _relative_path(variable) -> str:
+    """A Keras variable's path without the model's own name."""
+    return variable.path.split("/", 1)[-1]
+
+
+def _as_tf_variables(variables) -> list[tf.Variable]:
+    return [v.value if isinstance(v, keras.Variable) else v for v in variables]
+
+
+class _HubModule(tf.__internal__.tracking.AutoTrackable):
+    def __init__(self, model):
+        super().__init__()
+        self.variables = _as_tf_variables(model.variables)
+        self.trainable_variables = _as_tf_variables(model.trainable_variables)
+        self.regularization_losses = []  # weight decay lives in the optimizer (LARS)
+        # tf.Variable names are not unique ("resnet/kernel:0"); the Keras paths
+        # below the model's name are, and name `variables` in order.
+        self.variable_paths = tf.Variable(
+            [_relative_path(v) for v in model.variables], trainable=False, name="variable_paths"
+        )
+
+        # The model and its layers are not tracked (the optimizer would be
+        # exported too, and a Keras variable beside its tf.Variable would be
+        # saved twice): the functions close over the model; its variables are
+        # tracked, by name, in the lists above.
+        def outputs(images, trainable: bool) -> dict:
+            result = model(images, training=trainable)
+            return {k: tf.cast(v, tf.float32) for k, v in result.items()}
+
+        @tf.function
+        def call(images, trainable=False, training=False):
+            return outputs(images, bool(trainable or training))
+
+        for trainable in (False, True):
+            for training in (False, True):
+                call.get_concrete_function(_IMAGES, trainable, training)
+        self.__call__ = call
+        self.serve = tf.function(lambda images: outputs(images, False), [_IMAGES])
+        self.train = tf.function(lambda images: outputs(images, True), [_IMAGES])
+
+
+def _standalone_copy(model):
+    """A copy of `model` outside any strategy, with plain (per-device) batch norm.
+
+    The export is used on one device; synchronised batch norm would put
+    cross-replica ops with custom gradients into it, which a SavedModel cannot
+    differentiate after loading.
+    """
+    from simclr_tf2.models.simclr import SimCLRModel  # noqa: PLC0415 (import cycle)
+
+    copy = SimCLRModel.from_config({**model.get_config(), "global_bn": False})
+    copy.build((None, None, None, 3))  # the weights do not depend on the image size
+    # By path, not by position: the order of batch-norm variables may differ.
+    source = {v.path: v for v in model.variables}
+    for variable in copy.variables:
+        variable.assign(source[variable.path].numpy())
+    return copy
+
+
+def export_saved_model(model, path: str) -> str:
+    """Writes `model` (a built SimCLRModel) as a reusable SavedModel at `path`."""
+    module = _HubModule(_standalone_copy(model))
+    tmp = path.rstrip("/") + ".tmp"
+    if tf.io.gfile.exists(tmp):
+        tf.io.gfile.rmtree(tmp)
+    tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
+    if tf.io.gfile.exists(path):
+        tf.io.gfile.rmtree(path)
+    tf.io.gfile.rename(tmp, path)
+    return path
+
+
+def export_step(model, model_dir: str, step: int, keep: int) -> str:
+    """Exports to `model_dir/saved_model/<step>/`, keeping the newest `keep` exports."""
+    root = os.path.join(model_dir, "saved_model")
+    tf.io.gfile.makedirs(root)
+    path = export_saved_model(model, os.path.join(root, str(step)))
+    steps = sorted(int(name) for name in _exports(root))
+    for old in steps[: max(0, len(steps) - keep)]:
+        shutil.rmtree(os.path.join(root, str(old)), ignore_errors=True)
+    return path
+
+
+def _exports(root: str) -> list[str]:
+    return [n for n in tf.io.gfile.listdir(root) if re.fullmatch(r"\d+/?", n)]
+
+
+def is_saved_model(path: str) -> bool:
+    return tf.io.gfile.exists(os.path.join(path, "saved_model.pb"))
+
+
+def latest_export(path: str) -> str | None:
+    """`path` itself if it is an export, else the newest `saved_model/<step>` under it."""
+    if is_saved_model(path):
+        return path
+    for root in (os.path.join(path, "saved_model"), path):
+        if tf.io.gfile.isdir(root):
+            steps = sorted((int(n.rstrip("/")) for n in _exports(root)), reverse=True)
+            for step in steps:
+                candidate = os.path.join(root, str(step))
+                if is_saved_model(candidate):
+                    return candidate
+    return None
+
+
+def restore_from_saved_model(path: str, layers) -> int:
+    """Copies the export's weights into `layers` (Keras layers), matched by path.
+
+    Returns the number of variables restored. Raises ValueError naming the
+    first variable that is missing from the export or has another shape
+    (the export holds a different architecture).
+    """
+    loaded = tf.saved_model.load(path)
+    paths = [p.decode() for p in loaded.variable_paths.numpy()]
+    exported = dict(zip(paths, loaded.variables, strict=True))
+    count = 0
+    for layer in layers:
+        for variable in layer.variables:
+            source = exported.get(_relative_path(variable))
+            if source is None:
+                raise ValueError(f"{path} has no variable {variable.path}")
+            if tuple(source.shape) != tuple(variable.shape):
+                raise ValueError(
+                    f"{path}: {variable.path} has shape {tuple(source.shape)} there, "
+                    f"{tuple(variable.shape)} in this model"
+                )
+            variable.assign(source.numpy())
+            count += 1
+    return count

@@ -1,0 +1,288 @@
+"""The run lifecycle end to end: export, eval mode, fine-tuning, head modes.
+
+One tiny pretraining run (run.py in a subprocess) is shared; every test that
+changes a model_dir works on its own copy or its own run.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_run import ROOT, TINY, checkpoints, run
+
+PRETRAIN = ["--train_steps=20", *TINY]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    model_dir = str(tmp_path_factory.mktemp("pretrained"))
+    proc = run("--mode=train_then_eval", f"--model_dir={model_dir}", *PRETRAIN)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return model_dir, proc
+
+
+def _copy(model_dir, tmp_path):
+    target = str(tmp_path / "copy")
+    shutil.copytree(model_dir, target)
+    return target
+
+
+def _in_memory_model(model_dir, step):
+    """The trained model, rebuilt from config.json and restored from ckpt-<step>."""
+    import tensorflow as tf
+
+    from simclr_tf2.config import Config
+    from simclr_tf2.train import build_model
+
+    config = Config(**json.load(open(os.path.join(model_dir, "config.json"))))
+    model = build_model(config, num_classes=10)
+    model.build((None, 32, 32, 3))
+    status = tf.train.Checkpoint(model=model).restore(os.path.join(model_dir, f"ckpt-{step}"))
+    status.expect_partial().assert_existing_objects_matched()
+    return model
+
+
+def _images(n=8, size=32, seed=0):
+    return np.random.RandomState(seed).rand(n, size, size, 3).astype("float32")
+
+
+def test_run_exports_a_saved_model_and_logs_progress(pretrained):
+    model_dir, proc = pretrained
+    exports = os.listdir(os.path.join(model_dir, "saved_model"))
+    assert exports == ["20"]  # after training and the evaluation, at step 20; no .tmp left
+    assert "Exported SavedModel" in proc.stderr
+    # Not a terminal: concise periodic lines with throughput and ETA.
+    assert "step 20/20 (100%), total_loss" in proc.stderr and "pairs/s, ETA" in proc.stderr
+
+
+def test_tensorboard_shows_augmented_view_pairs(pretrained):
+    model_dir, _ = pretrained
+    events = EventAccumulator(os.path.join(model_dir, "train"), size_guidance={"tensors": 0})
+    events.Reload()
+    assert "augmented_views" in events.Tags()["tensors"]
+    (event,) = events.Tensors("augmented_views")
+    # An image summary holds width, height, then one encoded PNG per image.
+    width, height, *pngs = event.tensor_proto.string_val
+    assert (int(width), int(height)) == (64, 32) and len(pngs) == 4  # view 1 | view 2
+
+
+def test_saved_model_matches_the_trained_model(pretrained):
+    import keras
+    import tensorflow as tf
+
+    model_dir, _ = pretrained
+    export = os.path.join(model_dir, "saved_model", "20")
+    model = _in_memory_model(model_dir, 20)
+    images = _images()
+    expected = {k: v.numpy() for k, v in model(images, training=False).items()}
+    assert {"final_avg_pool", "proj_head_output", "logits_sup", "block_group4"} <= set(expected)
+
+    loaded = tf.saved_model.load(export)
+    got = loaded(images, trainable=False)
+    assert set(got) == set(expected)
+    for key in expected:
+        np.testing.assert_allclose(got[key].numpy(), expected[key], atol=1e-5, err_msg=key)
+    # trainable=True uses the batch's statistics (and updates the moving ones).
+    train_out = loaded(images, trainable=True)
+    assert set(train_out) == set(expected)
+    assert np.max(np.abs(train_out["final_avg_pool"] - expected["final_avg_pool"])) > 1e-3
+    # Any image size.
+    assert loaded(_images(2, 48))["final_avg_pool"].shape == expected["final_avg_pool"][:2].shape
+
+    layer = keras.layers.TFSMLayer(
+        export, call_endpoint="serve", call_training_endpoint="train", trainable=True
+    )
+    got = layer(images)
+    for key in expected:
+        np.testing.assert_allclose(got[key].numpy(), expected[key], atol=1e-5, err_msg=key)
+
+
+def test_saved_model_can_be_fine_tuned(pretrained):
+    import keras
+    import tensorflow as tf
+
+    model_dir, _ = pretrained
+    export = os.path.join(model_dir, "saved_model", "20")
+    loaded = tf.saved_model.load(export)
+    assert len(loaded.trainable_variables) > 0
+    assert len(loaded.variables) > len(loaded.trainable_variables)  # + BN moving statistics
+    images, labels = _images(16), np.arange(16) % 10
+    with tf.GradientTape() as tape:
+        logits = loaded(images, trainable=True)["logits_sup"]
+        loss = tf.reduce_mean(
+            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+        )
+    grads = tape.gradient(loss, loaded.trainable_variables)
+    assert all(g is not None for g in grads)
+    refs = [v.ref() for v in loaded.variables]
+    paths = dict(zip(refs, loaded.variable_paths.numpy(), strict=True))
+    trainable = loaded.trainable_variables
+    named = {paths[v.ref()].decode(): g for v, g in zip(trainable, grads, strict=True)}
+    assert float(tf.reduce_max(tf.abs(named["head_supervised/kernel"]))) > 0
+    # The linear head sees stop_gradient(h) while pretraining; z does reach the encoder.
+    assert float(tf.reduce_max(tf.abs(named["resnet/initial_conv/conv2d/kernel"]))) == 0
+    with tf.GradientTape() as tape:
+        z = loaded(images, trainable=True)["proj_head_output"]
+        loss = tf.reduce_sum(z[:8] * z[8:])
+    (grad,) = tape.gradient(loss, [loaded.trainable_variables[0]])
+    assert float(tf.reduce_max(tf.abs(grad))) > 0
+
+    # Keras 3: the export as a layer in a new model, trained by fit.
+    layer = keras.layers.TFSMLayer(
+        export, call_endpoint="serve", call_training_endpoint="train", trainable=True
+    )
+    inputs = keras.Input((32, 32, 3))
+    outputs = keras.layers.Dense(10)(layer(inputs)["final_avg_pool"])
+    classifier = keras.Model(inputs, outputs)
+    classifier.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    weights = layer.trainable_weights
+    before = [w.numpy().copy() for w in weights]
+    classifier.fit(images, labels, epochs=3, verbose=0)
+    changed = [w.path for w, b in zip(weights, before, strict=True) if np.any(w.numpy() != b)]
+    encoder_kernels = [p for p in changed if "resnet" in p and "kernel" in p]
+    assert len(encoder_kernels) > 10, changed
+
+
+def test_finetuning_starts_from_checkpoint_or_export_alike(pretrained):
+    import dataclasses
+
+    from simclr_tf2.config import Config
+    from simclr_tf2.train import _initialise, build_model
+
+    model_dir, _ = pretrained
+    pretrain = _in_memory_model(model_dir, 20)
+    base = Config(**json.load(open(os.path.join(model_dir, "config.json"))))
+    sources = {
+        "prefix": os.path.join(model_dir, "ckpt-20"),
+        "directory": model_dir,
+        "export": os.path.join(model_dir, "saved_model", "20"),
+    }
+    for name, path in sources.items():
+        config = dataclasses.replace(base, train_mode="finetune", checkpoint=path)
+        model = build_model(config, num_classes=10)
+        model.build((None, 32, 32, 3))
+        model.compile(optimizer="sgd")
+        _initialise(model, config)
+        for layer in ("encoder", "projection_head"):
+            mine, theirs = getattr(model, layer).weights, getattr(pretrain, layer).weights
+            assert len(mine) == len(theirs) > 0
+            for a, b in zip(mine, theirs, strict=True):
+                np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=f"{name} {a.path}")
+
+
+def test_finetune_runs_from_a_checkpoint_and_from_an_export(pretrained, tmp_path):
+    model_dir, _ = pretrained
+    starts = {
+        "ckpt": model_dir,
+        "export": os.path.join(model_dir, "saved_model", "20"),
+    }
+
+    def finetune(item):
+        name, start = item
+        out = str(tmp_path / name)
+        return (
+            name,
+            out,
+            run(
+                "--mode=train_then_eval",
+                "--train_mode=finetune",
+                f"--checkpoint={start}",
+                "--fine_tune_after_block=2",
+                "--zero_init_logits_layer",
+                "--train_steps=10",
+                f"--model_dir={out}",
+                *TINY,
+            ),
+        )
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for name, out, proc in pool.map(finetune, starts.items()):
+            assert proc.returncode == 0, (name, proc.stderr[-3000:])
+            assert f"Initialised from {starts[name]}" in proc.stderr, name
+            result = json.load(open(os.path.join(out, "result.json")))
+            assert result["global_step"] == 10 and 0 <= result["top_1_accuracy"] <= 1
+            assert os.listdir(os.path.join(out, "saved_model")) == ["10"]
+
+
+def test_eval_mode_on_a_finished_model_dir(pretrained, tmp_path):
+    model_dir = _copy(pretrained[0], tmp_path)
+    os.remove(os.path.join(model_dir, "result.json"))
+    started = time.time()
+    proc = run("--mode=eval", f"--model_dir={model_dir}", *PRETRAIN, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert time.time() - started < 240  # it did not wait for more checkpoints
+    result = json.load(open(os.path.join(model_dir, "result.json")))
+    assert result["global_step"] == 20 and "top_1_accuracy" in result
+
+
+def test_eval_mode_watches_a_training_run(tmp_path):
+    model_dir = str(tmp_path / "watched")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    script = os.path.join(ROOT, "run.py")
+    args = [f"--model_dir={model_dir}", "--train_steps=30", *TINY]
+    trainer = subprocess.Popen(
+        [sys.executable, script, "--mode=train", *args],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 120
+        while not os.path.exists(os.path.join(model_dir, "config.json")):
+            assert time.time() < deadline and trainer.poll() is None, "the trainer did not start"
+            time.sleep(0.2)
+        watcher = subprocess.run(
+            [sys.executable, script, "--mode=eval", "--eval_timeout=240", *args],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert trainer.wait(timeout=300) == 0, trainer.stderr.read()[-3000:]
+    finally:
+        trainer.kill()
+    assert watcher.returncode == 0, watcher.stderr[-3000:]
+    assert "Watching" in watcher.stderr
+    result = json.load(open(os.path.join(model_dir, "result.json")))
+    assert result["global_step"] == 30  # it ran until the final step
+    assert os.path.exists(os.path.join(model_dir, "result_30.json"))
+    assert checkpoints(model_dir) == [10, 20, 30]
+
+
+@pytest.mark.parametrize(
+    "mode, linear_eval",
+    [("none", "--nolineareval_while_pretraining"), ("linear", "--lineareval_while_pretraining")],
+)
+def test_head_modes_end_to_end(tmp_path, mode, linear_eval):
+    proc = run(
+        "--mode=train_then_eval",
+        f"--proj_head_mode={mode}",
+        linear_eval,
+        "--train_steps=5",
+        "--eval_steps=2",
+        f"--model_dir={tmp_path}",
+        *TINY,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.load(open(tmp_path / "result.json"))
+    if linear_eval == "--lineareval_while_pretraining":
+        assert 0 <= result["top_1_accuracy"] <= 1
+    else:
+        # No linear head: the eval reports the contrastive task on the eval split.
+        assert "top_1_accuracy" not in result
+        assert 0 <= result["contrast_acc"] <= 1 and result["contrast_loss"] > 0
+    assert os.path.isdir(tmp_path / "saved_model" / "5")
