@@ -361,6 +361,7 @@ def run(config: Config, eval_dataset: str | None = None, strategy=None) -> dict 
             config.data_dir,
             skip_bad_images=config.skip_bad_images,
             verify_images=config.verify_images,
+            split_flag="--eval_split",
         )
         linear_head = config.lineareval_while_pretraining and (
             train_source is None or train_source.num_classes is not None

@@ -286,3 +286,79 @@ def test_head_modes_end_to_end(tmp_path, mode, linear_eval):
         assert "top_1_accuracy" not in result
         assert 0 <= result["contrast_acc"] <= 1 and result["contrast_loss"] > 0
     assert os.path.isdir(tmp_path / "saved_model" / "5")
+
+
+RECIPES = os.path.join(ROOT, "simclr_tf2", "recipes")
+
+
+@pytest.mark.parametrize("name", sorted(os.listdir(RECIPES)))
+def test_recipe_flagfiles_parse_and_validate(name):
+    code = (
+        "import sys, run; run.FLAGS(['run.py', '--flagfile=' + sys.argv[1]]);"
+        "from simclr_tf2.config import validate; print(validate(run.config_from_flags()).to_json())"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, os.path.join(RECIPES, name)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    config = json.loads(proc.stdout)
+    if name.startswith("imagenet"):
+        assert (config["train_batch_size"], config["learning_rate"]) == (4096, 0.3)
+        assert (config["temperature"], config["weight_decay"], config["resnet_depth"]) == (
+            0.1,
+            1e-6,
+            50,
+        )
+    else:
+        assert (config["temperature"], config["color_jitter_strength"]) == (0.5, 0.5)
+        assert not config["use_blur"] and config["image_size"] == 32
+
+
+def test_cifar_recipe_runs_on_the_shared_npz(tmp_path):
+    data = os.path.join(ROOT, "..", "shared", "data", "cifar10")
+    if not os.path.exists(os.path.join(data, "train.npz")):
+        pytest.skip("../shared/data/cifar10 is not here")
+    proc = run(
+        f"--flagfile={os.path.join(RECIPES, 'cifar10_resnet18.flags')}",
+        f"--dataset={os.path.join(data, 'train.npz')}",
+        f"--eval_dataset={os.path.join(data, 'test.npz')}",
+        # Tiny overrides: flags after the file win.
+        "--width_multiplier=0.25",
+        "--train_batch_size=64",
+        "--eval_batch_size=100",
+        "--train_steps=3",
+        "--eval_steps=2",
+        f"--model_dir={tmp_path}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.load(open(tmp_path / "result.json"))
+    assert result["global_step"] == 3 and "top_1_accuracy" in result
+    assert "50000 examples" in proc.stderr.replace(",", "")
+
+
+def test_linear_eval_tool_on_an_export(pretrained):
+    model_dir, _ = pretrained
+    tool = os.path.join(ROOT, "tools", "linear_eval.py")
+    args = ["--dataset=digits", "--train_split=train", "--eval_split=test", "--epochs=30"]
+    proc = subprocess.run(
+        [sys.executable, tool, f"--saved_model={model_dir}", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["saved_model"].endswith(os.path.join("saved_model", "20"))
+    assert result["eval_examples"] == 360 and result["image_size"] == 32
+    assert 0.5 < result["top_1_accuracy"] <= result["top_5_accuracy"] <= 1  # chance: 0.1
+    bad = subprocess.run(
+        [sys.executable, tool, "--saved_model=/no/such/export", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and "--saved_model=/no/such/export: no SavedModel" in bad.stderr

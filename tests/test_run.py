@@ -115,7 +115,10 @@ WRONG = [
     ),
     (["stray_argument"], "unexpected arguments ['stray_argument']"),
     (["--train_mode=finetune", "--checkpoint=/no/ckpt"], "--checkpoint=/no/ckpt: no checkpoint"),
-    (["--mode=train_then_eval", "--eval_split=nope"], "split 'nope' does not exist for"),
+    (
+        ["--mode=train_then_eval", "--eval_split=nope"],
+        "--eval_split=nope: no such split in --dataset=digits",
+    ),
     (["--train_steps=0", "--train_epochs=0"], "--train_epochs=0: with --train_steps=0 nothing"),
 ]
 

@@ -60,7 +60,7 @@ def main() -> int:
     args = parser.parse_args()
 
     try:
-        source = load_source(args.dataset, args.split, args.data_dir)
+        source = load_source(args.dataset, args.split, args.data_dir, split_flag="--split")
     except DataError as error:
         print(f"show_augmentations: {error}", file=sys.stderr)
         return 2

@@ -34,6 +34,10 @@ class DataError(ValueError):
     """The data a user named is missing or unusable; the message says how to fix it."""
 
 
+class _SplitError(DataError):
+    """A split name that does not work; `load_source` prefixes the flag that gave it."""
+
+
 @dataclass(frozen=True)
 class Source:
     """A dataset split with its size.
@@ -78,6 +82,7 @@ def load_source(
     skip_bad_images: bool = False,
     verify_images: str = "header",
     label_subset: str | None = None,
+    split_flag: str = "--train_split",
 ) -> Source:
     """The source named by `dataset`.
 
@@ -94,7 +99,15 @@ def load_source(
         label_subset: a text file with one example id per line (the 1% / 10%
             ImageNet lists): TFDS `file_name`s, image file names in a folder, or
             row indices of an .npz file. Only those examples are used.
+        split_flag: the flag named in the error when `split` does not work.
     """
+    try:
+        return _load_source(dataset, split, data_dir, skip_bad_images, verify_images, label_subset)
+    except _SplitError as error:
+        raise DataError(f"{split_flag}={split}: {error}") from None
+
+
+def _load_source(dataset, split, data_dir, skip_bad_images, verify_images, label_subset):
     subset = read_label_subset(label_subset) if label_subset else None
     if dataset == EMBEDDED_DEFAULT:
         return digits_source(split, subset)
@@ -130,11 +143,11 @@ def _missing_ids(wanted: list[str], found: set[str], where: str) -> None:
 # ----------------------------------------------------------------- slicing
 
 
-def _slice_bounds(split: str, n: int, flag: str = "--train_split") -> tuple[str, int, int]:
+def _slice_bounds(split: str, n: int) -> tuple[str, int, int]:
     """Parses "name[a:b]" / "name[a%:b%]" into (name, start, stop) over n examples."""
     match = _SLICE.match(split.replace(" ", ""))
     if not match:
-        raise DataError(f"{flag}={split!r} is not a split like 'train' or 'train[:10%]'.")
+        raise _SplitError("not a split like 'train' or 'train[:10%]'.")
     name, start, start_pct, stop, stop_pct = match.groups()
 
     def bound(value, pct, default):
@@ -148,7 +161,7 @@ def _slice_bounds(split: str, n: int, flag: str = "--train_split") -> tuple[str,
     lo, hi = bound(start, start_pct, 0), bound(stop, stop_pct, n)
     lo, hi = max(0, min(lo, n)), max(0, min(hi, n))
     if hi <= lo:
-        raise DataError(f"{flag}={split!r} selects no examples out of {n}.")
+        raise _SplitError(f"selects no examples out of {n}.")
     return name, lo, hi
 
 
@@ -161,9 +174,7 @@ def _array_source(name, split, images, labels, num_classes, parts, subset=None) 
     if not match:
         _slice_bounds(split, 0)  # raises the syntax error
     if match.group(1) not in parts:
-        raise DataError(
-            f"split {split!r} does not exist for --dataset={name}; use one of {sorted(parts)}."
-        )
+        raise _SplitError(f"no such split in --dataset={name}; use one of {sorted(parts)}.")
     _, lo, hi = _slice_bounds(split, len(parts[match.group(1)]))
     index = parts[match.group(1)][lo:hi]
     if subset is not None:
@@ -445,9 +456,9 @@ def tfds_source(
     try:
         num_examples = builder.info.splits[split].num_examples
     except (KeyError, ValueError) as error:
-        raise DataError(
-            f"split {split!r} is not in TFDS dataset {name} "
-            f"(splits: {sorted(builder.info.splits)})."
+        raise _SplitError(
+            f"no such split in TFDS dataset {name}; use one of {sorted(builder.info.splits)} "
+            "(slices such as train[:10%] work)."
         ) from error
     label = builder.info.features["label"] if "label" in builder.info.features else None
     num_classes = label.num_classes if label is not None else None

@@ -1,0 +1,180 @@
+"""Linear evaluation of an exported SimCLR encoder: a linear classifier on frozen features.
+
+Usage:
+  python tools/linear_eval.py --saved_model=/tmp/simclr_quickstart --dataset=digits \
+      --train_split=train --eval_split=test
+  python tools/linear_eval.py --saved_model=RUN/saved_model/1000 \
+      --dataset=../shared/data/cifar10/train.npz \
+      --eval_dataset=../shared/data/cifar10/test_jpeg.npz
+
+--saved_model is an export (`model_dir/saved_model/<step>`) or a model_dir (its newest
+export). Features are the export's `final_avg_pool` (h) on centre-cropped images
+(`trainable=False`), computed once; a linear classifier is trained on them with SGD,
+Nesterov momentum 0.9 and a cosine learning-rate decay, then top-1 / top-5 on the eval split
+are printed. The last line of output is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from simclr_tf2.data.pipeline import build_dataset  # noqa: E402
+from simclr_tf2.data.sources import DataError, Source, load_source  # noqa: E402
+from simclr_tf2.export import latest_export  # noqa: E402
+
+
+def features(encoder, source: Source, image_size: int, batch_size: int, label: str):
+    """(h, labels) of every example of `source`, with a progress line."""
+    dataset = build_dataset(source, batch_size, image_size, mode="eval")
+    feats, labels, done, started = [], [], 0, time.time()
+    for images, y in dataset:
+        feats.append(encoder(images, trainable=False)["final_avg_pool"].numpy())
+        labels.append(y.numpy())
+        done += len(y)
+        print(
+            f"\r{label}: {done}/{source.num_examples} images "
+            f"({done / (time.time() - started):.0f}/s)",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
+    print(file=sys.stderr)
+    return np.concatenate(feats), np.concatenate(labels)
+
+
+def train_linear(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    num_classes: int,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    weight_decay: float,
+    seed: int,
+) -> keras.Model:
+    """A Dense layer trained with SGD + Nesterov momentum and cosine decay."""
+    keras.utils.set_random_seed(seed)
+    steps = epochs * max(1, int(np.ceil(len(train_x) / batch_size)))
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, steps)
+    regularizer = keras.regularizers.L2(weight_decay) if weight_decay else None
+    model = keras.Sequential(
+        [
+            keras.Input(train_x.shape[1:]),
+            keras.layers.Dense(num_classes, kernel_regularizer=regularizer),
+        ]
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model.fit(train_x, train_y, batch_size=batch_size, epochs=epochs, verbose=0, shuffle=True)
+    return model
+
+
+def top_k(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
+    k = min(k, logits.shape[1])
+    best = np.argsort(-logits, axis=1)[:, :k]
+    return float(np.mean(np.any(best == labels[:, None], axis=1)))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--saved_model", required=True, help="an export or a model_dir")
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--eval_dataset", default=None, help="default: --dataset")
+    parser.add_argument("--data_dir", default=None)
+    parser.add_argument("--train_split", default="train")
+    parser.add_argument("--eval_split", default="test")
+    parser.add_argument(
+        "--image_size", type=int, default=0, help="default: the images' side if <= 32, else 224"
+    )
+    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--learning_rate", type=float, default=0.1)
+    parser.add_argument("--weight_decay", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    for name in ("batch_size", "epochs"):
+        if getattr(args, name) <= 0:
+            sys.stderr.write(f"linear_eval.py: --{name}={getattr(args, name)}: must be positive.\n")
+            return 2
+    export = latest_export(args.saved_model)
+    if export is None:
+        sys.stderr.write(
+            f"linear_eval.py: --saved_model={args.saved_model}: no SavedModel there (give "
+            "model_dir/saved_model/<step> or a model_dir holding exports).\n"
+        )
+        return 2
+    try:
+        train_source = load_source(args.dataset, args.train_split, args.data_dir)
+        eval_source = load_source(
+            args.eval_dataset or args.dataset,
+            args.eval_split,
+            args.data_dir,
+            split_flag="--eval_split",
+        )
+        train_source.require_classes("linear evaluation (--dataset)")
+        eval_source.require_classes("linear evaluation (--eval_dataset)")
+    except DataError as error:
+        sys.stderr.write(f"linear_eval.py: {error}\n")
+        return 2
+    image_size = args.image_size
+    if not image_size:
+        side = min(train_source.image_shape[:2]) if train_source.image_shape else 224
+        image_size = side if side <= 32 else 224
+
+    encoder = tf.saved_model.load(export)
+    started = time.time()
+    train_x, train_y = features(encoder, train_source, image_size, args.batch_size, "train")
+    eval_x, eval_y = features(encoder, eval_source, image_size, args.batch_size, "eval")
+    if eval_y.max() >= train_source.num_classes:
+        sys.stderr.write(
+            f"linear_eval.py: the eval labels go up to {eval_y.max()}, but the training set "
+            f"has {train_source.num_classes} classes.\n"
+        )
+        return 2
+    # Standardise with the training features' statistics (the classifier stays linear).
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    train_x, eval_x = (train_x - mean) / std, (eval_x - mean) / std
+    classifier = train_linear(
+        train_x,
+        train_y,
+        train_source.num_classes,
+        args.epochs,
+        args.batch_size,
+        args.learning_rate,
+        args.weight_decay,
+        args.seed,
+    )
+    logits = classifier.predict(eval_x, batch_size=1024, verbose=0)
+    result = {
+        "saved_model": export,
+        "top_1_accuracy": top_k(logits, eval_y, 1),
+        "top_5_accuracy": top_k(logits, eval_y, 5),
+        "train_examples": len(train_y),
+        "eval_examples": len(eval_y),
+        "feature_dim": int(train_x.shape[1]),
+        "image_size": image_size,
+        "seconds": round(time.time() - started, 1),
+    }
+    print(f"{'export':<14}{export}")
+    for key in ("top_1_accuracy", "top_5_accuracy", "train_examples", "eval_examples"):
+        print(f"{key:<14}{result[key]}")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
