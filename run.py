@@ -11,6 +11,7 @@ from a file; `--helpfull` lists them all.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 
 from absl import app, flags, logging
@@ -130,8 +131,9 @@ def main(argv) -> int:
         return 2
     from simclr_tf2 import train
 
+    config = config_from_flags()
     try:
-        train.run(config_from_flags(), eval_dataset=FLAGS.eval_dataset)
+        result = train.run(config, eval_dataset=FLAGS.eval_dataset)
     except (ConfigError, DataError) as error:
         sys.stderr.write(f"run.py: {error}\n")
         return 2
@@ -139,7 +141,37 @@ def main(argv) -> int:
         logging.error("%s", error)
         sys.stderr.write(f"run.py: {error}\n")
         return 1
+    _print_outputs(config.model_dir, result)
     return 0
+
+
+def _print_outputs(model_dir: str, result: dict | None) -> None:
+    """Where the run's outputs are, on stdout."""
+    import tensorflow as tf
+
+    from simclr_tf2.export import latest_export
+
+    lines = [f"Outputs in {model_dir}:"]
+    if result and "top_1_accuracy" in result:
+        lines.append(
+            f"  result.json       top-1 {result['top_1_accuracy']:.4f}, top-5 "
+            f"{result['top_5_accuracy']:.4f} at step {result['global_step']}"
+        )
+    elif result:
+        lines.append(
+            f"  result.json       contrast_acc {result.get('contrast_acc', float('nan')):.4f} "
+            f"at step {result['global_step']} (no linear head)"
+        )
+    checkpoint = tf.train.latest_checkpoint(model_dir)
+    if checkpoint:
+        lines.append(
+            f"  {os.path.basename(checkpoint):<17} newest checkpoint (re-run the command to resume)"
+        )
+    export = latest_export(model_dir)
+    if export:
+        lines.append(f"  {os.path.relpath(export, model_dir):<17} exported encoder (SavedModel)")
+    lines.append(f"  train/, eval/     TensorBoard: tensorboard --logdir {model_dir}")
+    print("\n".join(lines), flush=True)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

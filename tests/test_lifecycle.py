@@ -6,6 +6,7 @@ changes a model_dir works on its own copy or its own run.
 
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -362,3 +363,46 @@ def test_linear_eval_tool_on_an_export(pretrained):
         timeout=120,
     )
     assert bad.returncode == 2 and "--saved_model=/no/such/export: no SavedModel" in bad.stderr
+
+
+def test_terminal_progress_bar_shows_pairs_per_second(tmp_path):
+    import pty
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            os.path.join(ROOT, "run.py"),
+            "--mode=train",
+            "--train_steps=12",
+            f"--model_dir={tmp_path}",
+            *TINY,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=slave,
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(slave)
+    output, deadline = b"", time.time() + 300
+    try:
+        while time.time() < deadline:
+            if not select.select([master], [], [], 1.0)[0]:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+        assert proc.wait(timeout=10) == 0
+    finally:
+        proc.kill()
+        os.close(master)
+    text = output.decode(errors="replace")
+    # Keras's progress bar, with our throughput beside the losses and learning rate.
+    assert "pairs_per_s:" in text and "contrast_acc:" in text and "learning_rate:" in text

@@ -15,20 +15,53 @@ assert views.shape == (256, 32, 32, 6), views.shape
 """
 
 
-def test_python_examples_run(tmp_path):
+# The quick start's export, stood in for by an untrained model of the same shape.
+EXPORT = """
+from simclr_tf2 import SimCLRModel
+from simclr_tf2.export import export_saved_model
+
+model = SimCLRModel(num_classes=10, resnet_depth=18, width_multiplier=0.25, cifar_stem=True)
+model.build((None, 32, 32, 3))
+export_saved_model(model, "export")
+"""
+EXPORT_CHECKS = """
+assert h.shape == (4, 128), h.shape
+assert classifier(images).shape == (4, 10)
+assert len(encoder.trainable_weights) > 0
+"""
+
+
+def _blocks() -> list[str]:
     with open(os.path.join(ROOT, "README.md")) as f:
-        blocks = re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)
-    assert len(blocks) == 2, "README.md should have the model and the data examples"
-    script = tmp_path / "example.py"
-    script.write_text("\n".join(blocks) + CHECKS)
+        return re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)
+
+
+def _run(script, cwd):
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
     # Run from elsewhere, like a user's own script.
     proc = subprocess.run(
         [sys.executable, str(script)],
-        cwd=tmp_path,
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_python_examples_run(tmp_path):
+    blocks = _blocks()
+    assert len(blocks) == 3, "README.md should have the export, model and data examples"
+    script = tmp_path / "example.py"
+    script.write_text("\n".join(blocks[1:]) + CHECKS)
+    _run(script, tmp_path)
+
+
+def test_export_example_runs(tmp_path):
+    export_block = _blocks()[0]
+    path = "/tmp/simclr_quickstart/saved_model/330"
+    assert path in export_block
+    script = tmp_path / "export_example.py"
+    script.write_text(EXPORT + export_block.replace(path, "export") + EXPORT_CHECKS)
+    _run(script, tmp_path)

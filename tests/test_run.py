@@ -64,6 +64,9 @@ def test_train_then_eval_writes_every_output(finished):
     # The startup log states the run's shape.
     assert "1 replica(s); batch 64 per replica, 64 global" in proc.stderr
     assert "20 steps planned" in proc.stderr and f"Outputs are in {model_dir}" in proc.stderr
+    # stdout ends with where everything is.
+    assert f"Outputs in {model_dir}:" in proc.stdout
+    assert "top-1" in proc.stdout and "ckpt-20" in proc.stdout and "saved_model/20" in proc.stdout
 
 
 def test_tensorboard_events_hold_the_scalars(finished):

@@ -169,9 +169,9 @@ def main() -> int:
         "image_size": image_size,
         "seconds": round(time.time() - started, 1),
     }
-    print(f"{'export':<14}{export}")
+    print(f"{'export':<16}{export}")
     for key in ("top_1_accuracy", "top_5_accuracy", "train_examples", "eval_examples"):
-        print(f"{key:<14}{result[key]}")
+        print(f"{key:<16}{result[key]}")
     print(json.dumps(result))
     return 0
 
