@@ -78,15 +78,26 @@ _HELP = {
     "fine_tune_after_block": "Fine-tune only after this stage: -1 all, 0 stem, 1-3, 4 head only.",
     "zero_init_logits_layer": "Start the supervised head at zero.",
     "seed": "Seed of initialisation, shuffling and augmentation.",
-    "deterministic": "Same data order and views on every run (slower input pipeline).",
-}
-_REFERENCE_ONLY = {
-    # Accepted for compatibility with the paper's run.py; TPU wiring comes later.
-    "use_tpu": (False, "Run on a Cloud TPU (not available yet)."),
-    "tpu_name": (None, "Cloud TPU name (not available yet)."),
-    "tpu_zone": (None, "Cloud TPU zone (not available yet)."),
-    "gcp_project": (None, "GCP project of the TPU (not available yet)."),
-    "master": (None, "TPU master address (not available yet)."),
+    "deterministic": "Same data order and views on every run, whatever the number of workers "
+    "and replicas (slower input pipeline: every worker reads the whole stream).",
+    # Scale-out and speed.
+    "strategy": "auto (TPU with --use_tpu/--tpu_name; multi_worker when TF_CONFIG names several "
+    "workers; mirrored over local GPUs or --num_logical_cpus; else one device), one_device, "
+    "mirrored, multi_worker or tpu.",
+    "num_logical_cpus": "With no GPU, split the CPU into this many devices, one replica each "
+    "(per worker with multi_worker), to try multi-replica training on a CPU; 0 = don't.",
+    "cluster_timeout": "multi_worker: seconds to wait for every worker of TF_CONFIG to join "
+    "before giving up (0 = TensorFlow's default, an hour).",
+    "use_tpu": "Run on a Cloud TPU (same as --strategy=tpu).",
+    "tpu_name": "Cloud TPU name, or 'local' on a TPU VM.",
+    "tpu_zone": "Cloud TPU zone (guessed from metadata when unset).",
+    "gcp_project": "GCP project of the TPU (guessed from metadata when unset).",
+    "master": "TPU master address (grpc://ip:8470), instead of --tpu_name.",
+    "mixed_precision": "none, mixed_bfloat16 (TPUs, recent CPUs and GPUs) or mixed_float16 "
+    "(GPUs; with loss scaling). Logits, losses and BN statistics stay float32.",
+    "jit_compile": "Compile the train step with XLA (for accelerators; not faster on CPUs).",
+    "steps_per_execution": "Train steps per call into the compiled step (fewer host round trips "
+    "on TPUs); callbacks then see every N-th step.",
 }
 _EXTRA = {"eval_dataset": (None, "Dataset to evaluate on; default: --dataset.")}
 
@@ -104,11 +115,8 @@ def _define_flags() -> None:
             flags.DEFINE_float(name, default, help_text)
         else:
             flags.DEFINE_string(name, default, help_text)
-    for name, (default, help_text) in {**_REFERENCE_ONLY, **_EXTRA}.items():
-        if isinstance(default, bool):
-            flags.DEFINE_bool(name, default, help_text)
-        else:
-            flags.DEFINE_string(name, default, help_text)
+    for name, (default, help_text) in _EXTRA.items():
+        flags.DEFINE_string(name, default, help_text)
 
 
 _define_flags()
@@ -126,22 +134,35 @@ def main(argv) -> int:
             f"run.py: unexpected arguments {argv[1:]}; flags look like --name=value.\n"
         )
         return 2
-    if FLAGS.use_tpu or FLAGS.tpu_name:
-        sys.stderr.write("run.py: --use_tpu/--tpu_name: TPU training is not available yet.\n")
-        return 2
     from simclr_tf2 import train
+    from simclr_tf2.config import validate
+    from simclr_tf2.distribute import StrategyError, build_strategy, cluster_of
 
     config = config_from_flags()
     try:
-        result = train.run(config, eval_dataset=FLAGS.eval_dataset)
-    except (ConfigError, DataError) as error:
+        # Settings first (cheap, one line), then the strategy: splitting the CPU and
+        # joining a cluster must come before TensorFlow touches a device.
+        validate(config)
+        strategy = build_strategy(
+            config.strategy,
+            config.num_logical_cpus,
+            config.use_tpu,
+            config.tpu_name,
+            config.tpu_zone,
+            config.gcp_project,
+            config.master,
+            config.cluster_timeout,
+        )
+        result = train.run(config, eval_dataset=FLAGS.eval_dataset, strategy=strategy)
+    except (ConfigError, DataError, StrategyError) as error:
         sys.stderr.write(f"run.py: {error}\n")
         return 2
-    except train.TrainingError as error:
+    except (train.TrainingError, train.WorkerLostError) as error:
         logging.error("%s", error)
         sys.stderr.write(f"run.py: {error}\n")
         return 1
-    _print_outputs(config.model_dir, result)
+    if cluster_of(strategy).is_chief:
+        _print_outputs(config.model_dir, result)
     return 0
 
 

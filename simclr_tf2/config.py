@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 
 from simclr_tf2.data.sources import VERIFY_MODES
+from simclr_tf2.distribute import STRATEGIES
 from simclr_tf2.models.heads import PROJ_HEAD_MODES, num_head_outputs
 from simclr_tf2.models.resnet import BLOCK_SPECS
 from simclr_tf2.optim import OPTIMIZERS
@@ -20,6 +21,7 @@ from simclr_tf2.optim.schedules import SCALINGS
 
 MODES = ("train", "eval", "train_then_eval")
 TRAIN_MODES = ("pretrain", "finetune")
+PRECISIONS = ("none", "mixed_bfloat16", "mixed_float16")
 
 
 # The settings that take one of a fixed set of values (run.py makes them enum flags).
@@ -30,6 +32,8 @@ CHOICES = {
     "learning_rate_scaling": SCALINGS,
     "proj_head_mode": PROJ_HEAD_MODES,
     "verify_images": VERIFY_MODES,
+    "strategy": STRATEGIES,
+    "mixed_precision": PRECISIONS,
 }
 
 
@@ -95,6 +99,18 @@ class Config:
     # Reproducibility.
     seed: int = 0
     deterministic: bool = False
+    # Scale-out and speed.
+    strategy: str = "auto"
+    num_logical_cpus: int = 0
+    cluster_timeout: int = 900
+    use_tpu: bool = False
+    tpu_name: str | None = None
+    tpu_zone: str | None = None
+    gcp_project: str | None = None
+    master: str | None = None
+    mixed_precision: str = "none"
+    jit_compile: bool = False
+    steps_per_execution: int = 1
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -196,6 +212,23 @@ def validate(config: Config, num_replicas: int = 1) -> Config:
             flag,
             value,
             "selective-kernel and squeeze-excitation blocks are not available yet; use 0.",
+        )
+    if c.num_logical_cpus < 0:
+        _fail("num_logical_cpus", c.num_logical_cpus, "must be >= 0 (0 = do not split the CPU).")
+    if c.cluster_timeout < 0:
+        _fail("cluster_timeout", c.cluster_timeout, "must not be negative (0 = an hour).")
+    if c.steps_per_execution < 1:
+        _fail("steps_per_execution", c.steps_per_execution, "must be >= 1.")
+    if (c.use_tpu or c.tpu_name or c.master) and c.strategy not in ("auto", "tpu"):
+        _fail(
+            "strategy", c.strategy, "--use_tpu/--tpu_name/--master need --strategy=tpu (or auto)."
+        )
+    if c.jit_compile and c.num_logical_cpus > 1:
+        _fail(
+            "jit_compile",
+            True,
+            f"XLA cannot compile a step spread over --num_logical_cpus={c.num_logical_cpus} "
+            "CPU devices; drop one of the two.",
         )
     if c.mode == "eval" and not c.model_dir and not c.checkpoint:
         _fail("mode", "eval", "needs --model_dir (to watch) or --checkpoint (to evaluate).")

@@ -9,10 +9,14 @@ from the newest checkpoint in `model_dir` (or starts fine-tuning from
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import re
+import shutil
 import sys
+import tempfile
 import time
 
 import keras
@@ -23,6 +27,7 @@ from absl import logging
 from simclr_tf2.config import Config, ConfigError, validate
 from simclr_tf2.data.pipeline import build_dataset, distributed_dataset
 from simclr_tf2.data.sources import Source, load_source
+from simclr_tf2.distribute import Cluster, cluster_of, describe
 from simclr_tf2.export import export_step, latest_export, restore_from_saved_model
 from simclr_tf2.models.simclr import SimCLRModel
 from simclr_tf2.optim import WarmUpAndCosineDecay, build_optimizer, warmup_steps_for
@@ -30,6 +35,59 @@ from simclr_tf2.optim import WarmUpAndCosineDecay, build_optimizer, warmup_steps
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss became NaN); the message says why."""
+
+
+class WorkerLostError(RuntimeError):
+    """Another worker of a multi-worker run died or became unreachable."""
+
+
+# What TensorFlow raises in this process when a peer of a collective is gone.
+_PEER_ERRORS = (
+    tf.errors.UnavailableError,
+    tf.errors.AbortedError,
+    tf.errors.DeadlineExceededError,
+    tf.errors.CancelledError,
+)
+
+
+@contextlib.contextmanager
+def _peers_watched(cluster: Cluster, model_dir: str):
+    """Turns a lost peer's collective error into one clear WorkerLostError."""
+    if cluster.num_workers == 1:
+        yield
+        return
+    try:
+        yield
+    except _PEER_ERRORS as error:
+        text = str(error)
+        me = (cluster.task_type, str(cluster.task_id))
+        peers = [p for p in re.findall(r"/job:(\w+)/replica:\d+/task:(\d+)", text) if p != me]
+        who = " ".join(peers[0]) if peers else "another worker"
+        why = [
+            re.sub(r"\{\{.*?\}\}\s*", "", line).strip()
+            for line in text.splitlines()
+            if re.search(r"crash|closed|unavailable|heartbeat|timed out|connect", line, re.I)
+        ]
+        latest = tf.train.latest_checkpoint(model_dir) or "none yet"
+        raise WorkerLostError(
+            f"{cluster.task_type} {cluster.task_id}: {who} died or became unreachable"
+            f"{' (' + why[0][:160] + ')' if why else ''}; stopping. Restart every worker with "
+            f"the same command and TF_CONFIG to resume from the last checkpoint ({latest})."
+        ) from None
+
+
+@contextlib.contextmanager
+def _dtype_policy(name: str):
+    """Builds layers under the `name` mixed-precision policy, then restores the old one."""
+    if name == "none":
+        yield
+        return
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def _n_params(variables) -> int:
@@ -247,9 +305,9 @@ def evaluate(
     return result
 
 
-def _export(model: SimCLRModel, config: Config) -> str:
+def _export(model: SimCLRModel, config: Config, out_dir: str | None = None) -> str:
     step = int(model.optimizer.iterations.numpy())
-    path = export_step(model, config.model_dir, step, config.keep_hub_module_max)
+    path = export_step(model, out_dir or config.model_dir, step, config.keep_hub_module_max)
     logging.info("Exported SavedModel %s", path)
     return path
 
@@ -375,8 +433,9 @@ def run(config: Config, eval_dataset: str | None = None, strategy=None) -> dict 
     if config.lineareval_while_pretraining and config.train_mode == "pretrain" and not num_classes:
         logging.warning("%s has no labels: no linear evaluation while pretraining.", config.dataset)
 
+    cluster = cluster_of(strategy)
     tf.io.gfile.makedirs(config.model_dir)
-    if training:
+    if training and cluster.is_chief:
         _write_json(os.path.join(config.model_dir, "config.json"), json.loads(config.to_json()))
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
@@ -387,7 +446,7 @@ def run(config: Config, eval_dataset: str | None = None, strategy=None) -> dict 
         warmup_steps_for(config.warmup_epochs, examples, config.train_batch_size), total_steps
     )
 
-    with strategy.scope():
+    with strategy.scope(), _dtype_policy(config.mixed_precision):
         model = build_model(config, num_classes)
         model.build((None, config.image_size, config.image_size, 3))
         schedule = WarmUpAndCosineDecay(
@@ -397,32 +456,37 @@ def run(config: Config, eval_dataset: str | None = None, strategy=None) -> dict 
             warmup,
             config.learning_rate_scaling,
         )
-        optimizer = build_optimizer(
-            config.optimizer, schedule, config.momentum, config.weight_decay
+        model.compile(
+            optimizer=build_optimizer(
+                config.optimizer, schedule, config.momentum, config.weight_decay
+            ),
+            jit_compile=config.jit_compile,
+            steps_per_execution=config.steps_per_execution,
         )
-        model.compile(optimizer=optimizer)
-        optimizer.build(model.trainable_variables)
+        # With mixed_float16, compile wrapped the optimizer for loss scaling.
+        model.optimizer.build(model.trainable_variables)
 
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
-    manager = tf.train.CheckpointManager(
-        checkpoint, config.model_dir, max_to_keep=config.keep_checkpoint_max
-    )
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
     if watching:
         return _watch(model, checkpoint, config, eval_source, strategy, total_steps, started)
-    if manager.latest_checkpoint and config.mode != "eval":
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        logging.info("Restored %s", manager.latest_checkpoint)
+    latest = tf.train.latest_checkpoint(config.model_dir)
+    if latest and config.mode != "eval":
+        checkpoint.restore(latest).assert_existing_objects_matched()
+        logging.info("Restored %s", latest)
     elif config.checkpoint:
         logging.info("Initialised from %s", _initialise(model, config))
-    start_step = int(optimizer.iterations.numpy())
+    start_step = int(model.optimizer.iterations.numpy())
 
     logging.info(
-        "Strategy %s with %d replica(s); batch %d per replica, %d global; encoder %s "
-        "parameters, heads %s; %d steps planned (%.2f epochs of %d examples), from step %d.",
-        type(strategy).__name__,
+        "Strategy %s with %d replica(s); batch %d per replica, %d global; precision %s%s; "
+        "encoder %s parameters, heads %s; %d steps planned (%.2f epochs of %d examples), "
+        "from step %d.",
+        describe(strategy),
         replicas,
         config.train_batch_size // replicas,
         config.train_batch_size,
+        config.mixed_precision,
+        ", XLA" if config.jit_compile else "",
         f"{_n_params(model.encoder.weights):,}",
         f"{_n_params(model.weights) - _n_params(model.encoder.weights):,}",
         total_steps,
@@ -431,7 +495,51 @@ def run(config: Config, eval_dataset: str | None = None, strategy=None) -> dict 
         start_step,
     )
 
-    if training and start_step < total_steps:
+    # Every worker saves, exports and evaluates (they are collective); only the
+    # chief writes into model_dir, the others into a directory removed at the end.
+    out_dir = config.model_dir
+    if not cluster.is_chief:
+        out_dir = tempfile.mkdtemp(prefix=f"simclr_{cluster.task_type}{cluster.task_id}_")
+    try:
+        with _peers_watched(cluster, config.model_dir):
+            return _train_and_evaluate(
+                model,
+                checkpoint,
+                config,
+                strategy,
+                train_source if training else None,
+                eval_source,
+                out_dir,
+                start_step,
+                total_steps,
+                every,
+                started,
+            )
+    finally:
+        if out_dir != config.model_dir:
+            shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _train_and_evaluate(
+    model: SimCLRModel,
+    checkpoint: tf.train.Checkpoint,
+    config: Config,
+    strategy: tf.distribute.Strategy,
+    train_source: Source | None,
+    eval_source: Source | None,
+    out_dir: str,
+    start_step: int,
+    total_steps: int,
+    every: int,
+    started: float,
+) -> dict | None:
+    """Trains (when `train_source`), exports and evaluates (when `eval_source`),
+    writing checkpoints, events, exports and results into `out_dir`."""
+    chief = out_dir == config.model_dir
+    manager = tf.train.CheckpointManager(
+        checkpoint, out_dir, max_to_keep=config.keep_checkpoint_max
+    )
+    if train_source is not None and start_step < total_steps:
         dataset = distributed_dataset(
             strategy,
             train_source,
@@ -445,14 +553,14 @@ def run(config: Config, eval_dataset: str | None = None, strategy=None) -> dict 
             cache=config.cache_dataset,
             deterministic=config.deterministic,
         )
-        if config.train_mode == "pretrain":
+        if config.train_mode == "pretrain" and chief:
             _write_view_images(config, train_source, start_step)
         saver = _Checkpointing(manager, total_steps)
         terminal = sys.stdout.isatty()
         callbacks = [
             saver,
             _Progress(total_steps, config.train_batch_size, start_step, log_lines=not terminal),
-            keras.callbacks.TensorBoard(log_dir=config.model_dir, update_freq=max(1, every // 10)),
+            keras.callbacks.TensorBoard(log_dir=out_dir, update_freq=max(1, every // 10)),
         ]
         model.fit(
             dataset,
@@ -471,14 +579,14 @@ def run(config: Config, eval_dataset: str | None = None, strategy=None) -> dict 
                 "(--temperature)."
             )
         saver.save()
-    if training:
-        _export(model, config)
+    if train_source is not None:
+        _export(model, config, out_dir)
     result = None
-    if evaluating:
-        result = evaluate(model, eval_source, config, strategy, config.model_dir, started)
-        if not training:
-            _export(model, config)
-    logging.info("Outputs are in %s", config.model_dir)
+    if eval_source is not None:
+        result = evaluate(model, eval_source, config, strategy, out_dir, started)
+        if train_source is None:
+            _export(model, config, out_dir)
+    logging.info("Outputs are in %s", out_dir)
     return result
 
 

@@ -37,6 +37,17 @@ def test_defaults_are_the_paper_codes_and_valid():
         (dict(keep_checkpoint_max=0), 1, "--keep_checkpoint_max=0: keep at least 1"),
         (dict(sk_ratio=0.0625), 1, "--sk_ratio=0.0625: selective-kernel"),
         (dict(mode="eval"), 1, "--mode=eval: needs --model_dir"),
+        (dict(strategy="horovod"), 1, "--strategy=horovod: use one of auto, one_device"),
+        (dict(mixed_precision="fp8"), 1, "--mixed_precision=fp8: use one of none, mixed_bfloat16"),
+        (dict(steps_per_execution=0), 1, "--steps_per_execution=0: must be >= 1"),
+        (dict(num_logical_cpus=-1), 1, "--num_logical_cpus=-1: must be >= 0"),
+        (dict(cluster_timeout=-5), 1, "--cluster_timeout=-5: must not be negative"),
+        (dict(use_tpu=True, strategy="mirrored"), 1, "--strategy=mirrored: --use_tpu/--tpu_name"),
+        (
+            dict(jit_compile=True, num_logical_cpus=2),
+            1,
+            "--jit_compile=True: XLA cannot compile a step spread over --num_logical_cpus=2",
+        ),
     ],
 )
 def test_impossible_settings(kwargs, replicas, message):

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import tensorflow as tf
+from test_run import TINY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_PY = os.path.join(ROOT, "run.py")
@@ -26,18 +27,10 @@ PLANNED = 30
 EVERY = 10
 FLAGS = [
     "--mode=train_then_eval",
-    "--dataset=digits",
-    "--eval_split=test",
-    "--image_size=32",
-    "--resnet_depth=18",
-    "--width_multiplier=0.25",
-    "--train_batch_size=64",
+    *TINY,
     f"--train_steps={PLANNED}",
     f"--checkpoint_steps={EVERY}",
-    "--learning_rate=0.5",
-    "--warmup_epochs=0",
     "--eval_steps=2",
-    "--eval_batch_size=64",
 ]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 # A whole tiny run takes ~25 s on 2 cores; these bounds only stop a hung run from hanging CI.

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from simclr_tf2.data.pipeline import build_dataset
 from simclr_tf2.data.sources import load_source
@@ -103,3 +104,52 @@ def test_four_replicas_get_disjoint_batches_covering_the_global_batch(indexed_np
     for step in run_distributed(indexed_npz, "pretrain", 3):
         labels = [x for replica in step["labels"] for x in replica]
         assert len(set(labels)) == 16 and all(s == [4, 8, 8, 6] for s in step["shapes"])
+
+
+def test_deterministic_global_batches_do_not_depend_on_the_number_of_workers(indexed_npz):
+    # What a multi-worker run with --deterministic relies on: 2 input pipelines
+    # (workers) x 2 replicas make the same global batches, with the same views,
+    # as 1 pipeline x 4 replicas.
+    source = load_source(indexed_npz)
+    per_replica, steps = 4, 5
+
+    def global_batches(pipelines):
+        out = [{} for _ in range(steps)]
+        for pipeline in range(pipelines):
+            context = tf.distribute.InputContext(pipelines, pipeline, 4)
+            ds = build_dataset(
+                source,
+                per_replica,
+                8,
+                "pretrain",
+                seed=3,
+                deterministic=True,
+                input_context=context,
+            )
+            local_replicas = 4 // pipelines
+            for i, (x, y) in enumerate(ds.take(steps * local_replicas)):
+                for view, label in zip(x.numpy(), y.numpy(), strict=True):
+                    out[i // local_replicas][int(label)] = view
+        return out
+
+    one, two = global_batches(1), global_batches(2)
+    for step_one, step_two in zip(one, two, strict=True):
+        assert len(step_one) == 16 and step_one.keys() == step_two.keys()
+        for label, view in step_one.items():
+            np.testing.assert_array_equal(view, step_two[label])
+    # Not a trivial equality: steps hold different examples (the stream goes on).
+    assert one[0].keys() != one[1].keys()
+
+    # Without --deterministic each worker reads its own shard of the source.
+    context = tf.distribute.InputContext(2, 1, 4)
+    ds = build_dataset(source, 8, 8, "pretrain", input_context=context)
+    labels = np.concatenate([y.numpy() for _, y in ds.take(8)])
+    assert set(labels) == set(range(1, 64, 2))
+
+
+def test_training_batches_have_static_shapes(indexed_npz):
+    # Static shapes (drop_remainder) are what a TPU step and XLA need.
+    source = load_source(indexed_npz)
+    for mode, channels in (("pretrain", 6), ("finetune", 3)):
+        x_spec, y_spec = build_dataset(source, 8, 8, mode).element_spec
+        assert x_spec.shape.as_list() == [8, 8, 8, channels] and y_spec.shape.as_list() == [8]

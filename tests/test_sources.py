@@ -164,6 +164,11 @@ def test_tfds_offline_fails_fast_with_instructions(tmp_path):
     assert time.time() - start < 30
     with pytest.raises(DataError, match="not the embedded default"):
         load_source("no_such_dataset_name", data_dir=str(tmp_path))
+    # A TFDS name with a config is a TFDS name, not a folder.
+    with pytest.raises(DataError, match="tfds build imagenet2012_subset/10pct --data_dir"):
+        load_source("imagenet2012_subset/10pct", data_dir=str(tmp_path))
+    with pytest.raises(DataError, match="no such directory"):
+        load_source(str(tmp_path / "photos"))
 
 
 def test_bad_split_syntax():

@@ -104,10 +104,16 @@ def build_dataset(
         raise ValueError(f"mode={mode!r} is not one of {MODES}.")
     training = mode != "eval"
     ds = source.dataset()
-    shard = 0
+    pipelines, shard = 1, 0
     if input_context is not None and input_context.num_input_pipelines > 1:
-        shard = input_context.input_pipeline_id
-        ds = ds.shard(input_context.num_input_pipelines, shard)
+        pipelines, shard = input_context.num_input_pipelines, input_context.input_pipeline_id
+    # Deterministic training shards the shuffled stream, not the source: every
+    # pipeline reads the whole stream (cheap: images are decoded after the
+    # shard) and keeps every k-th element, so each global batch holds the same
+    # examples and views whatever the number of workers.
+    shard_stream = training and deterministic and pipelines > 1
+    if pipelines > 1 and not shard_stream:
+        ds = ds.shard(pipelines, shard)
     if cache:
         ds = ds.cache()
     if training:
@@ -115,6 +121,9 @@ def build_dataset(
     # Each element's position in the (repeated) stream seeds its views, so
     # every epoch sees new views.
     ds = ds.enumerate()
+    if shard_stream:
+        ds = ds.shard(pipelines, shard)
+        shard = 0  # positions are global: the seeds need no shard
     view = _view_fn(mode, image_size, color_jitter_strength, use_blur)
 
     def augment_one(index, example):

@@ -113,9 +113,17 @@ def _load_source(dataset, split, data_dir, skip_bad_images, verify_images, label
         return digits_source(split, subset)
     if dataset.endswith(".npz"):
         return npz_source(dataset, split, subset)
-    if os.path.isdir(dataset) or os.sep in dataset or dataset.startswith("."):
+    if _looks_like_path(dataset):
         return folder_source(dataset, split, skip_bad_images, verify_images, subset)
     return tfds_source(dataset, split, data_dir, subset)
+
+
+def _looks_like_path(dataset: str) -> bool:
+    # TFDS names have slashes too (imagenet2012_subset/10pct): a name is a folder
+    # when it exists, is spelled as a path, or starts in a folder that exists.
+    if os.path.isdir(dataset) or dataset.startswith(("/", ".", "~")):
+        return True
+    return os.sep in dataset and os.path.isdir(dataset.split(os.sep)[0])
 
 
 def read_label_subset(path: str) -> list[str]:

@@ -187,4 +187,11 @@ def supervised_head(num_classes: int, zero_init: bool = False) -> keras.layers.D
     trust ratio (it gets an L2 term in the loss instead).
     """
     initializer = "zeros" if zero_init else keras.initializers.RandomNormal(stddev=0.01)
-    return keras.layers.Dense(num_classes, kernel_initializer=initializer, name="head_supervised")
+    # Under a mixed-precision policy the logits are computed in float32.
+    mixed = keras.config.dtype_policy().name.startswith("mixed")
+    return keras.layers.Dense(
+        num_classes,
+        kernel_initializer=initializer,
+        name="head_supervised",
+        dtype="float32" if mixed else None,
+    )

@@ -25,6 +25,20 @@ def _l2_loss(variable) -> tf.Tensor:
     return 0.5 * tf.reduce_sum(tf.square(variable))
 
 
+def _for_keras_reduction(logs: dict) -> dict:
+    """Logs in the shape Keras can reduce over replicas under any strategy.
+
+    Keras averages the step's logs over replicas; under a multi-worker
+    strategy it does so along axis 0, which a scalar lacks. Our logs are
+    already global means (the same on every replica), so giving them one axis
+    there changes nothing but makes the reduction work.
+    """
+    strategy = tf.distribute.get_strategy()
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return logs
+    return {key: tf.reshape(value, [1]) for key, value in logs.items()}
+
+
 @keras.saving.register_keras_serializable(package="simclr_tf2")
 class SimCLRModel(keras.Model):
     """SimCLR for pretraining (contrastive) and fine-tuning (supervised).
@@ -154,15 +168,15 @@ class SimCLRModel(keras.Model):
                 for layer in stage:
                     layer.trainable = False
 
+        # Every tracker is a Mean of values already averaged over all replicas
+        # (see _update_metrics), so any replica's logs are the global ones.
         mean = keras.metrics.Mean
         self.contrast_loss_tracker = mean(name="contrast_loss")
         self.contrast_acc_tracker = mean(name="contrast_acc")
         self.contrast_entropy_tracker = mean(name="contrast_entropy")
         self.supervised_loss_tracker = mean(name="supervised_loss")
-        self.supervised_acc_tracker = keras.metrics.SparseCategoricalAccuracy(name="supervised_acc")
-        self.supervised_top5_tracker = keras.metrics.SparseTopKCategoricalAccuracy(
-            k=5, name="supervised_top5_acc"
-        )
+        self.supervised_acc_tracker = mean(name="supervised_acc")
+        self.supervised_top5_tracker = mean(name="supervised_top5_acc")
         self.weight_decay_tracker = mean(name="weight_decay")
         self.total_loss_tracker = mean(name="total_loss")
 
@@ -206,6 +220,16 @@ class SimCLRModel(keras.Model):
         self.call(keras.KerasTensor((None, height, width, 3)))
         self.built = True
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras's fit/evaluate pull a first batch to build an unbuilt model, and
+        # under a strategy reduce it across replicas first, which fails under
+        # MultiWorkerMirroredStrategy (and costs a batch of augmentation). A built
+        # model with a built optimizer has nothing to build.
+        optimizer_built = self.optimizer is None or self.optimizer.built
+        if self.built and optimizer_built:
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def call(self, inputs, training=False):
         """Returns the named outputs of the network on `inputs`.
 
@@ -239,7 +263,9 @@ class SimCLRModel(keras.Model):
         zero = tf.constant(0.0, self.loss_dtype)
         if not self.weight_decay:
             return zero
-        if isinstance(self.optimizer, LARS):
+        # A LossScaleOptimizer (mixed_float16) wraps the optimizer we chose.
+        optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+        if isinstance(optimizer, LARS):
             variables = [
                 v
                 for v in self.trainable_variables
@@ -268,7 +294,8 @@ class SimCLRModel(keras.Model):
         Returns a dict with `total_loss` and the terms that apply:
         `contrast_loss` (+ `contrast_acc`, `contrast_entropy`) for two-view
         inputs, `supervised_loss` and `logits_sup`/`sup_labels` when labels and
-        a supervised head are there, and `weight_decay`.
+        a supervised head are there, `weight_decay`, and `batch_size` (the
+        images through the encoder, for averaging over replicas).
         """
         two_views = isinstance(x, (tuple, list)) or x.shape[-1] == 6
         outputs = self(x, training=training)
@@ -291,11 +318,18 @@ class SimCLRModel(keras.Model):
         wd = self.weight_decay_loss()
         terms["weight_decay"] = wd
         terms["total_loss"] = total + wd
+        terms["batch_size"] = tf.shape(outputs["final_avg_pool"])[0]
         return terms
 
     # ------------------------------------------------------------------- steps
 
     def _update_metrics(self, terms: dict, top5: bool = False) -> dict:
+        """Updates the trackers with this step's terms averaged over all replicas.
+
+        One all-reduce of a small vector: each replica's sums (term x its
+        batch size, correct predictions) and counts, so that the logs are the
+        global means whatever the strategy, even for uneven last eval batches.
+        """
         trackers = {
             "contrast_loss": self.contrast_loss_tracker,
             "contrast_acc": self.contrast_acc_tracker,
@@ -304,17 +338,30 @@ class SimCLRModel(keras.Model):
             "weight_decay": self.weight_decay_tracker,
             "total_loss": self.total_loss_tracker,
         }
-        logs = {}
-        for key, tracker in trackers.items():
-            if key in terms:
-                tracker.update_state(terms[key])
-                logs[key] = tracker.result()
+        keys = [key for key in trackers if key in terms]
+        size = tf.cast(terms["batch_size"], tf.float32)
+        sums = [tf.cast(terms[key], tf.float32) * size for key in keys] + [size]
+        accuracy = []
         if "logits_sup" in terms:
-            accuracy = [self.supervised_acc_tracker]
+            labels = terms["sup_labels"]
+            logits = tf.cast(terms["logits_sup"], tf.float32)
+            accuracy = [(self.supervised_acc_tracker, 1)]
             if top5:
-                accuracy.append(self.supervised_top5_tracker)
-            for tracker in accuracy:
-                tracker.update_state(terms["sup_labels"], terms["logits_sup"])
+                accuracy.append((self.supervised_top5_tracker, min(5, logits.shape[-1])))
+            for _, k in accuracy:
+                hits = tf.math.in_top_k(labels, logits, k)
+                sums.append(tf.reduce_sum(tf.cast(hits, tf.float32)))
+            sums.append(tf.cast(tf.shape(labels)[0], tf.float32))
+        context = tf.distribute.get_replica_context()
+        total = tf.unstack(context.all_reduce("SUM", tf.stack(sums)))
+        logs = {}
+        for i, key in enumerate(keys):
+            trackers[key].update_state(total[i] / total[len(keys)], sample_weight=total[len(keys)])
+            logs[key] = trackers[key].result()
+        if accuracy:
+            count = total[-1]
+            for j, (tracker, _) in enumerate(accuracy):
+                tracker.update_state(total[len(keys) + 1 + j] / count, sample_weight=count)
                 logs[tracker.name] = tracker.result()
         return logs
 
@@ -325,8 +372,10 @@ class SimCLRModel(keras.Model):
             terms = self.compute_losses(x, y, training=True)
             # The optimizer sums gradients over replicas.
             loss = terms["total_loss"] / replicas
+            # Loss scaling for mixed_float16 (a no-op otherwise); apply_gradients unscales.
+            scaled = self.optimizer.scale_loss(loss)
         variables = self.trainable_variables
-        grads = tape.gradient(loss, variables)
+        grads = tape.gradient(scaled, variables)
         learning_rate = self.optimizer.learning_rate
         # Layers off the loss path (e.g. head layers above ft_proj_selector
         # when fine-tuning) have no gradient.
@@ -335,12 +384,12 @@ class SimCLRModel(keras.Model):
         )
         logs = self._update_metrics(terms)
         logs["learning_rate"] = learning_rate
-        return logs
+        return _for_keras_reduction(logs)
 
     def test_step(self, data):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         terms = self.compute_losses(x, y, training=False)
-        return self._update_metrics(terms, top5=True)
+        return _for_keras_reduction(self._update_metrics(terms, top5=True))
 
     def get_config(self):
         config = super().get_config()
