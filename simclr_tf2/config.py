@@ -219,6 +219,14 @@ def validate(config: Config, num_replicas: int = 1) -> Config:
         _fail("cluster_timeout", c.cluster_timeout, "must not be negative (0 = an hour).")
     if c.steps_per_execution < 1:
         _fail("steps_per_execution", c.steps_per_execution, "must be >= 1.")
+    for flag in ("train_steps", "checkpoint_steps"):
+        if getattr(c, flag) % c.steps_per_execution:
+            _fail(
+                flag,
+                getattr(c, flag),
+                f"must be a multiple of --steps_per_execution={c.steps_per_execution} "
+                "(Keras runs whole executions).",
+            )
     if (c.use_tpu or c.tpu_name or c.master) and c.strategy not in ("auto", "tpu"):
         _fail(
             "strategy", c.strategy, "--use_tpu/--tpu_name/--master need --strategy=tpu (or auto)."

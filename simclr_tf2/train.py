@@ -26,7 +26,7 @@ from absl import logging
 
 from simclr_tf2.config import Config, ConfigError, validate
 from simclr_tf2.data.pipeline import build_dataset, distributed_dataset
-from simclr_tf2.data.sources import Source, load_source
+from simclr_tf2.data.sources import DataError, Source, load_source
 from simclr_tf2.distribute import Cluster, cluster_of, describe
 from simclr_tf2.export import export_step, latest_export, restore_from_saved_model
 from simclr_tf2.models.simclr import SimCLRModel
@@ -73,6 +73,25 @@ def _peers_watched(cluster: Cluster, model_dir: str):
             f"{cluster.task_type} {cluster.task_id}: {who} died or became unreachable"
             f"{' (' + why[0][:160] + ')' if why else ''}; stopping. Restart every worker with "
             f"the same command and TF_CONFIG to resume from the last checkpoint ({latest})."
+        ) from None
+
+
+@contextlib.contextmanager
+def _undecodable_images_named(config: Config):
+    """An image that passed the quick header check but cannot be decoded stops the
+    run with what to do, instead of a tf.data traceback."""
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as error:
+        text = error.message
+        if not re.search(r"decod|jpeg|png|gif|bmp|image", text, re.I):
+            raise
+        first = next((line for line in text.splitlines() if line.strip()), "")
+        raise DataError(
+            f"--dataset={config.dataset}: an image could not be decoded ({first[:160]}); the "
+            f"--verify_images={config.verify_images} check let it through. Re-run with "
+            "--verify_images=decode to find and name such files before training, and "
+            "--skip_bad_images to skip them."
         ) from None
 
 
@@ -363,14 +382,30 @@ def _plan(config: Config, train_source: Source | None) -> tuple[int, int, int, i
     steps_per_epoch = max(1, examples // config.train_batch_size)
     total_steps = config.train_steps or config.train_epochs * steps_per_epoch
     every = config.checkpoint_steps or config.checkpoint_epochs * steps_per_epoch
-    return examples, steps_per_epoch, total_steps, max(1, min(every, total_steps))
+    every = max(1, min(every, total_steps))
+    # Keras runs whole executions of steps_per_execution steps: intervals from
+    # epochs are rounded to them (validate() rejects explicit steps that aren't).
+    spe = config.steps_per_execution
+    if total_steps % spe or every % spe:
+        rounded = max(spe, total_steps // spe * spe), max(spe, every // spe * spe)
+        logging.info(
+            "%d steps with checkpoints every %d, rounded to %d and %d: whole executions of "
+            "--steps_per_execution=%d.",
+            total_steps,
+            every,
+            *rounded,
+            spe,
+        )
+        total_steps, every = rounded
+    return examples, steps_per_epoch, total_steps, every
 
 
 def run(config: Config, eval_dataset: str | None = None, strategy=None) -> dict | None:
     """Runs what `config.mode` says; returns the last evaluation result, if any.
 
     Raises:
-        ConfigError / DataError: a setting or the data is wrong (before any compute).
+        ConfigError / DataError: a setting or the data is wrong (before any compute,
+            except an image that passes the header check but cannot be decoded).
         TrainingError: the loss became non-finite.
     """
     started = time.time()
@@ -501,7 +536,7 @@ def run(config: Config, eval_dataset: str | None = None, strategy=None) -> dict 
     if not cluster.is_chief:
         out_dir = tempfile.mkdtemp(prefix=f"simclr_{cluster.task_type}{cluster.task_id}_")
     try:
-        with _peers_watched(cluster, config.model_dir):
+        with _peers_watched(cluster, config.model_dir), _undecodable_images_named(config):
             return _train_and_evaluate(
                 model,
                 checkpoint,

@@ -40,6 +40,11 @@ def test_defaults_are_the_paper_codes_and_valid():
         (dict(strategy="horovod"), 1, "--strategy=horovod: use one of auto, one_device"),
         (dict(mixed_precision="fp8"), 1, "--mixed_precision=fp8: use one of none, mixed_bfloat16"),
         (dict(steps_per_execution=0), 1, "--steps_per_execution=0: must be >= 1"),
+        (
+            dict(steps_per_execution=4, train_steps=10),
+            1,
+            "--train_steps=10: must be a multiple of --steps_per_execution=4",
+        ),
         (dict(num_logical_cpus=-1), 1, "--num_logical_cpus=-1: must be >= 0"),
         (dict(cluster_timeout=-5), 1, "--cluster_timeout=-5: must not be negative"),
         (dict(use_tpu=True, strategy="mirrored"), 1, "--strategy=mirrored: --use_tpu/--tpu_name"),

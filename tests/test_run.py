@@ -160,3 +160,33 @@ def test_image_size_mismatch_with_npz(tmp_path):
     proc = run(*TINY, f"--model_dir={tmp_path}", f"--dataset={path}", "--image_size=224")
     assert proc.returncode == 2
     assert "--image_size=224: the images of" in proc.stderr and "use --image_size=32" in proc.stderr
+
+
+def test_an_image_only_decoding_finds_bad_stops_with_what_to_do(tmp_path):
+    from PIL import Image
+
+    for label in ("a", "b"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (32, 32), (60 * i, 10, 200)).save(
+                tmp_path / "images" / label / f"{i}.jpg"
+            )
+    jpeg = (tmp_path / "images" / "a" / "0.jpg").read_bytes()
+    # A valid header and end marker around garbage: the default header check passes it.
+    (tmp_path / "images" / "b" / "garbage.jpg").write_bytes(jpeg[:20] + b"\x00" * 500 + jpeg[-2:])
+    proc = run(
+        *TINY,
+        "--train_batch_size=8",
+        "--train_steps=3",
+        f"--model_dir={tmp_path / 'model'}",
+        f"--dataset={tmp_path / 'images'}",
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    # (libjpeg prints its own complaint too, on the C side.)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("run.py: ")]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    assert lines[0].startswith(
+        f"run.py: --dataset={tmp_path / 'images'}: an image could not be decoded"
+    )
+    assert "--verify_images=decode" in lines[0] and "--skip_bad_images" in lines[0]
