@@ -70,8 +70,8 @@ def test_crop_falls_back_to_clamped_centre_crop():
 
 
 def test_views_are_float32_in_range_with_requested_shape(colourful):
-    views = many_views(colourful, 200, image_size=24)
-    assert views.dtype == np.float32 and views.shape == (200, 24, 24, 3)
+    views = many_views(colourful, 1000, image_size=24)
+    assert views.dtype == np.float32 and views.shape == (1000, 24, 24, 3)
     assert views.min() >= 0.0 and views.max() <= 1.0
     big = A.simclr_view(tf.constant(colourful), tf.constant([3, 4]), image_size=64)
     assert big.shape == (64, 64, 3) and big.dtype == tf.float32

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,3 +52,45 @@ def test_benchmark_input_ends_with_json():
         result["pairs_per_s_224"] * 290 / result["matmul_gflops"],
         rtol=0.01,
     )
+
+
+def test_benchmark_counts_flops_and_ends_with_json():
+    proc = run(
+        "tools/benchmark.py",
+        "--resnet_depth=18",
+        "--width_multiplier=0.25",
+        "--image_size=16",
+        "--train_batch_size=16",
+        "--steps=2",
+        "--windows=2",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("pairs_per_s", "pairs_per_s_with_pipeline", "peak_rss_gb", "flops_per_pair"):
+        assert result[key] > 0, key
+    # Counted from the traced step: at least forward + backward of the convolutions.
+    # ResNet-18, CIFAR stem, width 0.25 at 16 px: ~0.11 GFLOP per image forward
+    # (2 x multiply-adds of every conv and dense); a pair is 2 images; backward ~2x.
+    forward_per_pair = 2 * forward_flops_r18(width=0.25, size=16)
+    assert 2.5 * forward_per_pair < result["flops_per_pair"] < 3.5 * forward_per_pair
+    assert result["pct_of_matmul_peak"] == pytest.approx(
+        100 * result["pairs_per_s"] * result["flops_per_pair"] / 1e9 / result["matmul_peak_gflops"],
+        rel=0.02,
+    )
+
+
+def forward_flops_r18(width: float, size: int) -> float:
+    """2 x multiply-adds of ResNet-18 with the CIFAR stem, by hand, for the check above."""
+    c = [int(64 * width), int(128 * width), int(256 * width), int(512 * width)]
+    flops = 2 * 3 * 3 * 3 * c[0] * size * size  # stem
+    side, cin = size, c[0]
+    for stage, cout in enumerate(c):
+        for block in range(2):
+            stride = 2 if (stage > 0 and block == 0) else 1
+            side_out = side // stride
+            flops += 2 * 9 * cin * cout * side_out**2 + 2 * 9 * cout * cout * side_out**2
+            if block == 0:  # every group starts with a projection shortcut
+                flops += 2 * cin * cout * side_out**2
+            side, cin = side_out, cout
+    head = 2 * (cin * cin * 2 + cin * 128)  # 3-layer projection head
+    return flops + head

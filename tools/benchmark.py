@@ -1,0 +1,233 @@
+"""Training-speed benchmark: pairs/s of the real `model.fit` path, FLOPs, memory.
+
+For one configuration (the same flag names as run.py) it measures, in one run:
+  * TensorFlow's fp32 matmul peak on this machine (the yardstick: the host's
+    speed drifts between hours, so figures are compared as ratios to it);
+  * pairs/s through `model.fit` on a synthetic in-memory batch (after a
+    warm-up epoch that includes tracing: the median of several timed windows);
+  * pairs/s through `model.fit` with the real input pipeline attached
+    (CIFAR-10's train.npz at 32 px when ../shared/data is there, else random
+    uint8 arrays of the requested size);
+  * the model's FLOPs per pair, counted by TensorFlow's profiler on the traced
+    train step (forward, backward and update), and the achieved FLOP/s as a
+    percentage of the matmul peak;
+  * the process's peak resident memory after the synthetic phase.
+
+Usage:
+  python tools/benchmark.py --resnet_depth=18 --image_size=32 --train_batch_size=256
+The last line printed is one JSON object with pairs_per_s, pairs_per_s_with_pipeline,
+peak_rss_gb, flops_per_pair, pct_of_matmul_peak and the settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add = parser.add_argument
+    add("--resnet_depth", type=int, default=18)
+    add("--width_multiplier", type=float, default=1.0)
+    add("--image_size", type=int, default=32)
+    add("--train_batch_size", type=int, default=256)
+    add("--strategy", default="auto", help="as run.py: auto, one_device, mirrored")
+    add("--num_logical_cpus", type=int, default=0)
+    add("--mixed_precision", default="none", choices=["none", "mixed_bfloat16", "mixed_float16"])
+    add("--jit_compile", action="store_true")
+    add("--steps_per_execution", type=int, default=1)
+    add("--proj_head_mode", default="nonlinear")
+    add("--num_proj_layers", type=int, default=3)
+    add("--optimizer", default="lars")
+    add("--global_bn", type=lambda v: v.lower() in ("1", "true", "yes"), default=True)
+    add("--steps", type=int, default=8, help="steps per timed window")
+    add("--windows", type=int, default=3, help="timed windows (the median is reported)")
+    add("--no_pipeline", action="store_true", help="skip the run with the input pipeline")
+    return parser.parse_args(argv)
+
+
+def peak_rss_gb() -> float:
+    # ru_maxrss is in KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+
+class WindowTimer:
+    """Keras callback: wall time of each epoch (= one timed window of steps)."""
+
+    def __init__(self):
+        import keras
+
+        class _Timer(keras.callbacks.Callback):
+            def __init__(cb):
+                super().__init__()
+                cb.durations = []
+
+            def on_epoch_begin(cb, epoch, logs=None):
+                cb.start = time.perf_counter()
+
+            def on_epoch_end(cb, epoch, logs=None):
+                # Logs hold the step's tensors: reading one waits for the step to finish.
+                float(logs["total_loss"])
+                cb.durations.append(time.perf_counter() - cb.start)
+
+        self.callback = _Timer()
+
+
+def timed_fit(model, dataset, args) -> float:
+    """Pairs/s: median over the windows after a warm-up window that traces."""
+    timer = WindowTimer()
+    model.fit(
+        dataset,
+        steps_per_epoch=args.steps,
+        epochs=1 + args.windows,
+        verbose=0,
+        shuffle=False,
+        callbacks=[timer.callback],
+    )
+    per_window = timer.callback.durations[1:]
+    return args.train_batch_size * args.steps / statistics.median(per_window)
+
+
+def count_train_flops(config, num_classes: int) -> int:
+    """FLOPs of one train step on one device, counted by TF's profiler from the graph."""
+    import tensorflow as tf
+
+    from simclr_tf2.train import _dtype_policy, build_model
+
+    with _dtype_policy(config.mixed_precision):
+        model = build_model(config, num_classes)
+        model.build((None, config.image_size, config.image_size, 3))
+        model.compile(optimizer=_optimizer(config))
+        model.optimizer.build(model.trainable_variables)
+    shape = (config.train_batch_size, config.image_size, config.image_size, 6)
+    step = tf.function(model.train_step).get_concrete_function(
+        (tf.TensorSpec(shape, tf.float32), tf.TensorSpec((config.train_batch_size,), tf.int64))
+    )
+    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    stats = tf.compat.v1.profiler.profile(graph=step.graph, options=options)
+    return int(stats.total_float_ops)
+
+
+def _optimizer(config):
+    from simclr_tf2.optim import WarmUpAndCosineDecay, build_optimizer
+
+    schedule = WarmUpAndCosineDecay(0.3, config.train_batch_size, 10_000, 100)
+    return build_optimizer(config.optimizer, schedule, 0.9, 1e-6)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    from simclr_tf2.distribute import build_strategy
+
+    # First: splitting the CPU must come before TensorFlow touches a device.
+    strategy = build_strategy(args.strategy, args.num_logical_cpus)
+
+    import numpy as np
+    import tensorflow as tf
+
+    from simclr_tf2.config import Config, validate
+    from simclr_tf2.data.pipeline import distributed_dataset
+    from simclr_tf2.data.sources import npz_source
+    from simclr_tf2.train import _dtype_policy, build_model
+    from tools.hardware import REFERENCE_PEAK_GFLOPS, cores, matmul_peak_gflops
+
+    config = validate(
+        Config(
+            resnet_depth=args.resnet_depth,
+            width_multiplier=args.width_multiplier,
+            image_size=args.image_size,
+            train_batch_size=args.train_batch_size,
+            mixed_precision=args.mixed_precision,
+            jit_compile=args.jit_compile,
+            steps_per_execution=args.steps_per_execution,
+            proj_head_mode=args.proj_head_mode,
+            num_proj_layers=args.num_proj_layers,
+            optimizer=args.optimizer,
+            global_bn=args.global_bn,
+            color_jitter_strength=0.5,
+            use_blur=args.image_size > 32,
+            temperature=0.5,
+        ),
+        strategy.num_replicas_in_sync,
+    )
+    num_classes = 10
+    peak = matmul_peak_gflops()
+
+    with strategy.scope(), _dtype_policy(config.mixed_precision):
+        model = build_model(config, num_classes)
+        model.build((None, config.image_size, config.image_size, 3))
+        model.compile(
+            optimizer=_optimizer(config),
+            jit_compile=config.jit_compile,
+            steps_per_execution=config.steps_per_execution,
+        )
+        model.optimizer.build(model.trainable_variables)
+
+    rng = np.random.default_rng(0)
+    size, batch = config.image_size, config.train_batch_size
+    x = rng.random((batch, size, size, 6), dtype=np.float32)
+    y = rng.integers(0, num_classes, batch)
+    synthetic = strategy.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensors((x, y)).repeat()
+    )
+    pairs_per_s = timed_fit(model, synthetic, args)
+    rss = peak_rss_gb()
+
+    with_pipeline = None
+    if not args.no_pipeline:
+        cifar = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10")
+        path = os.path.join(cifar, "train.npz")
+        if size != 32 or not os.path.exists(path):
+            path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"simclr_bench_{size}.npz")
+            images = rng.integers(0, 256, (2048, size, size, 3), dtype=np.uint8)
+            np.savez(path, images=images, labels=rng.integers(0, num_classes, 2048))
+        source = npz_source(path)
+        dataset = distributed_dataset(
+            strategy,
+            source,
+            batch,
+            image_size=size,
+            mode="pretrain",
+            color_jitter_strength=config.color_jitter_strength,
+            use_blur=config.use_blur,
+        )
+        with_pipeline = timed_fit(model, dataset, args)
+
+    flops = count_train_flops(config, num_classes)
+    flops_per_pair = flops / batch
+    achieved = pairs_per_s * flops_per_pair / 1e9
+    result = {
+        "pairs_per_s": round(pairs_per_s, 2),
+        "pairs_per_s_with_pipeline": None if with_pipeline is None else round(with_pipeline, 2),
+        "pipeline_slowdown_pct": None
+        if with_pipeline is None
+        else round(100 * (1 - with_pipeline / pairs_per_s), 1),
+        "peak_rss_gb": round(rss, 2),
+        "flops_per_pair": flops_per_pair,
+        "achieved_gflops": round(achieved, 1),
+        "matmul_peak_gflops": round(peak, 1),
+        "pct_of_matmul_peak": round(100 * achieved / peak, 1),
+        "pairs_per_s_at_reference_peak": round(pairs_per_s * REFERENCE_PEAK_GFLOPS / peak, 2),
+        "cores": cores(),
+        "replicas": strategy.num_replicas_in_sync,
+        **{k: v for k, v in vars(args).items() if k not in ("no_pipeline",)},
+    }
+    width = max(len(k) for k in result)
+    for key, value in result.items():
+        print(f"{key:<{width}}  {value}")
+    print(json.dumps(result), flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()
