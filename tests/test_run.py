@@ -102,6 +102,10 @@ WRONG = [
     (["--dataset=/no/such/folder"], "--dataset=/no/such/folder: no such directory"),
     (["--dataset=missing.npz"], "--dataset=missing.npz: no such file"),
     (["--train_batch_size=0"], "--train_batch_size=0: must be positive"),
+    (
+        ["--num_logical_cpus=4", "--train_batch_size=30"],
+        "--train_batch_size=30: must be divisible by the 4 replicas",
+    ),
     (["--learning_rate=-1"], "--learning_rate=-1.0: must not be negative"),
     (["--train_mode=finetune"], "--checkpoint=None: --train_mode=finetune needs --checkpoint"),
     (["--fine_tune_after_block=2"], "--fine_tune_after_block=2: only applies with"),
