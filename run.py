@@ -77,6 +77,11 @@ _HELP = {
     "lineareval_while_pretraining": "Train a linear head on stop_gradient(h) while pretraining.",
     "fine_tune_after_block": "Fine-tune only after this stage: -1 all, 0 stem, 1-3, 4 head only.",
     "zero_init_logits_layer": "Start the supervised head at zero.",
+    "knn_eval_every": "Every this many epochs, report the weighted kNN top-1 of the encoder's "
+    "features (eval split vs a labelled training subset) to the log and TensorBoard; 0 = off.",
+    "knn_k": "Neighbours that vote in the kNN monitor.",
+    "knn_temperature": "Temperature of the kNN monitor's vote weights exp(similarity / t).",
+    "knn_bank_size": "Labelled training examples the kNN monitor compares against (at most).",
     "seed": "Seed of initialisation, shuffling and augmentation.",
     "deterministic": "Same data order and views on every run, whatever the number of workers "
     "and replicas (slower input pipeline: every worker reads the whole stream).",

@@ -96,6 +96,11 @@ class Config:
     lineareval_while_pretraining: bool = True
     fine_tune_after_block: int = -1
     zero_init_logits_layer: bool = False
+    # Monitoring.
+    knn_eval_every: int = 0
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    knn_bank_size: int = 10_000
     # Reproducibility.
     seed: int = 0
     deterministic: bool = False
@@ -213,6 +218,13 @@ def validate(config: Config, num_replicas: int = 1) -> Config:
             value,
             "selective-kernel and squeeze-excitation blocks are not available yet; use 0.",
         )
+    if c.knn_eval_every < 0:
+        _fail("knn_eval_every", c.knn_eval_every, "must be >= 0 (0 = no kNN monitor).")
+    if c.knn_k < 1 or c.knn_bank_size < 1:
+        flag = "knn_k" if c.knn_k < 1 else "knn_bank_size"
+        _fail(flag, getattr(c, flag), "must be >= 1.")
+    if c.knn_temperature <= 0:
+        _fail("knn_temperature", c.knn_temperature, "must be positive (0.1 is usual).")
     if c.num_logical_cpus < 0:
         _fail("num_logical_cpus", c.num_logical_cpus, "must be >= 0 (0 = do not split the CPU).")
     if c.cluster_timeout < 0:

@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from simclr_tf2.callbacks import KNNMonitor
 from simclr_tf2.config import Config, ConfigError, validate
 from simclr_tf2.data.pipeline import build_dataset, distributed_dataset
 from simclr_tf2.data.sources import DataError, Source, load_source
@@ -264,6 +265,24 @@ def _write_view_images(config: Config, source: Source, step: int, pairs: int = 4
     writer.close()
 
 
+def _knn_monitor(
+    config: Config, train_source: Source, queries: Source, out_dir: str, steps_per_epoch: int
+) -> KNNMonitor:
+    """The kNN monitor of --knn_eval_every: eval views of a spread-out training subset
+    (at most --knn_bank_size) against the eval split."""
+    views = dict(image_size=config.image_size, mode="eval")
+    stride = max(1, -(-train_source.num_examples // config.knn_bank_size))
+    return KNNMonitor(
+        build_dataset(train_source, config.eval_batch_size, every=stride, **views),
+        build_dataset(queries, config.eval_batch_size, **views),
+        train_source.num_classes,
+        config.knn_eval_every * steps_per_epoch,
+        os.path.join(out_dir, "train"),
+        config.knn_k,
+        config.knn_temperature,
+    )
+
+
 def _write_json(path: str, data: dict) -> None:
     # Written to a temporary file and renamed, so a crash never leaves half a file.
     tmp = path + ".tmp"
@@ -462,6 +481,18 @@ def run(config: Config, eval_dataset: str | None = None, strategy=None) -> dict 
         if config.train_mode == "finetune" or linear_head:
             eval_source.require_classes("evaluation (--eval_split)")
         _check_image_size(config, eval_source)
+    knn_queries = None
+    if training and config.knn_eval_every:
+        train_source.require_classes("the kNN monitor (--knn_eval_every)")
+        knn_queries = eval_source or load_source(
+            eval_dataset or config.dataset,
+            config.eval_split,
+            config.data_dir,
+            skip_bad_images=config.skip_bad_images,
+            verify_images=config.verify_images,
+            split_flag="--eval_split",
+        )
+        knn_queries.require_classes("the kNN monitor (--knn_eval_every)")
     num_classes = (train_source or eval_source).num_classes
     if config.train_mode == "pretrain" and not config.lineareval_while_pretraining:
         num_classes = None
@@ -549,6 +580,8 @@ def run(config: Config, eval_dataset: str | None = None, strategy=None) -> dict 
                 total_steps,
                 every,
                 started,
+                knn_queries,
+                steps_per_epoch,
             )
     finally:
         if out_dir != config.model_dir:
@@ -567,9 +600,12 @@ def _train_and_evaluate(
     total_steps: int,
     every: int,
     started: float,
+    knn_queries: Source | None = None,
+    steps_per_epoch: int = 1,
 ) -> dict | None:
     """Trains (when `train_source`), exports and evaluates (when `eval_source`),
-    writing checkpoints, events, exports and results into `out_dir`."""
+    writing checkpoints, events, exports and results into `out_dir`; with
+    `knn_queries`, a kNN monitor reports every `config.knn_eval_every` epochs."""
     chief = out_dir == config.model_dir
     manager = tf.train.CheckpointManager(
         checkpoint, out_dir, max_to_keep=config.keep_checkpoint_max
@@ -597,6 +633,9 @@ def _train_and_evaluate(
             _Progress(total_steps, config.train_batch_size, start_step, log_lines=not terminal),
             keras.callbacks.TensorBoard(log_dir=out_dir, update_freq=max(1, every // 10)),
         ]
+        if knn_queries is not None:
+            monitor = _knn_monitor(config, train_source, knn_queries, out_dir, steps_per_epoch)
+            callbacks.insert(0, monitor)
         model.fit(
             dataset,
             steps_per_epoch=every,

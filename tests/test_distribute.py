@@ -4,6 +4,7 @@ Building a strategy touches the process's devices, so anything that builds one
 runs in a subprocess.
 """
 
+import glob
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_run import TINY, checkpoints, run
 
 from simclr_tf2.distribute import StrategyError, resolve_kind, tf_config
@@ -83,8 +85,12 @@ def test_scale_out_mistakes_exit_2_with_one_line(tmp_path, args, message):
 
 
 def test_bfloat16_with_steps_per_execution_end_to_end(tmp_path):
+    # Also the kNN monitor: an epoch of train[:256] is 4 steps, seen at step 6 (executions of 3).
     proc = run(
         *TINY,
+        "--train_split=train[:256]",
+        "--knn_eval_every=1",
+        "--knn_k=20",
         "--mode=train_then_eval",
         "--train_steps=6",
         "--checkpoint_steps=3",
@@ -105,3 +111,11 @@ def test_bfloat16_with_steps_per_execution_end_to_end(tmp_path):
     assert result["global_step"] == 6 and 0.0 <= result["top_1_accuracy"] <= 1.0
     with open(tmp_path / "config.json") as f:
         assert json.load(f)["mixed_precision"] == "mixed_bfloat16"
+    assert re.search(r"kNN top-1 at step 6: [01]\.\d+ \(k=20, 256 bank, 360 queries\)", proc.stderr)
+    knn = []
+    for path in glob.glob(str(tmp_path / "train" / "events*")):
+        events = EventAccumulator(path)
+        events.Reload()
+        if "knn_top1" in events.Tags()["tensors"]:
+            knn += [event.step for event in events.Tensors("knn_top1")]
+    assert knn == [6]

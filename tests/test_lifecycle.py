@@ -365,6 +365,21 @@ def test_linear_eval_tool_on_an_export(pretrained):
     assert bad.returncode == 2 and "--saved_model=/no/such/export: no SavedModel" in bad.stderr
 
 
+def test_knn_eval_tool_on_an_export(pretrained):
+    model_dir, _ = pretrained
+    tool = os.path.join(ROOT, "tools", "knn_eval.py")
+    proc = subprocess.run(
+        [sys.executable, tool, f"--saved_model={model_dir}", "--dataset=digits", "--k=20"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["eval_examples"] == 360 and result["train_examples"] == 1437
+    assert 0.3 < result["knn_top_1_accuracy"] <= 1  # chance: 0.1
+
+
 def test_terminal_progress_bar_shows_pairs_per_second(tmp_path):
     import pty
 

@@ -78,6 +78,7 @@ def build_dataset(
     cache: bool = False,
     deterministic: bool = False,
     input_context: tf.distribute.InputContext | None = None,
+    every: int = 1,
 ) -> tf.data.Dataset:
     """The batched dataset of one input pipeline.
 
@@ -96,6 +97,8 @@ def build_dataset(
         deterministic: same order and views on every run (slower).
         input_context: from `distribute_datasets_from_function`; shards the
             source by input pipeline.
+        every: keep only every `every`-th example of the source (a subset
+            spread over the whole source, e.g. over all classes of a folder).
 
     Returns:
         A dataset of (views, labels); labels are int64, -1 when unlabelled.
@@ -104,6 +107,8 @@ def build_dataset(
         raise ValueError(f"mode={mode!r} is not one of {MODES}.")
     training = mode != "eval"
     ds = source.dataset()
+    if every > 1:
+        ds = ds.shard(every, 0)
     pipelines, shard = 1, 0
     if input_context is not None and input_context.num_input_pipelines > 1:
         pipelines, shard = input_context.num_input_pipelines, input_context.input_pipeline_id
