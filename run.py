@@ -35,6 +35,8 @@ _HELP = {
     "train_split": "Split to train on; TFDS slicing such as train[:10%] works.",
     "eval_split": "Split to evaluate on (for .npz files and folders, see --eval_dataset).",
     "label_subset": "File of example ids, one per line, to train on (1%/10% lists).",
+    "label_fraction": "Train on a class-balanced random subset of this fraction of --train_split "
+    "(the same number per class, drawn with --seed); .npz, folders, digits. 0 = all.",
     "cache_dataset": "Keep the decoded training examples in memory.",
     "skip_bad_images": "Skip (and log) unreadable image files instead of stopping.",
     "verify_images": "Image folders: 'header' checks each file's signature and end marker "

@@ -56,6 +56,7 @@ class Config:
     train_split: str = "train"
     eval_split: str = "validation"
     label_subset: str | None = None
+    label_fraction: float = 0.0
     cache_dataset: bool = False
     skip_bad_images: bool = False
     verify_images: str = "header"
@@ -218,6 +219,8 @@ def validate(config: Config, num_replicas: int = 1) -> Config:
             value,
             "selective-kernel and squeeze-excitation blocks are not available yet; use 0.",
         )
+    if not 0 <= c.label_fraction <= 1:
+        _fail("label_fraction", c.label_fraction, "must be in [0, 1] (0 = every example).")
     if c.knn_eval_every < 0:
         _fail("knn_eval_every", c.knn_eval_every, "must be >= 0 (0 = no kNN monitor).")
     if c.knn_k < 1 or c.knn_bank_size < 1:

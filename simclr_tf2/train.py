@@ -456,6 +456,8 @@ def run(config: Config, eval_dataset: str | None = None, strategy=None) -> dict 
             skip_bad_images=config.skip_bad_images,
             verify_images=config.verify_images if training else "header",
             label_subset=config.label_subset,
+            label_fraction=config.label_fraction,
+            seed=config.seed,
         )
         _check_image_size(config, train_source)
         if training and config.train_mode == "finetune":

@@ -10,7 +10,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from simclr_tf2.data.pipeline import build_dataset
-from simclr_tf2.data.sources import DataError, load_source
+from simclr_tf2.data.sources import DataError, balanced_subset, load_source
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10")
 
@@ -306,3 +306,43 @@ def test_label_subset_folder_and_npz(class_folder, tmp_path):
     assert [int(ex["label"]) for ex in digits.dataset()] == [full[3], full[0]]
     with pytest.raises(DataError, match="cannot be read"):
         load_source("digits", label_subset=str(tmp_path / "none.txt"))
+
+
+def test_label_fraction_subsets_are_balanced_sized_and_seeded():
+    # Imbalanced labels: 500 of class 0, 300 of class 1, 200 of class 2.
+    labels = np.repeat([0, 1, 2], [500, 300, 200])
+    rows = balanced_subset(labels, 0.1, seed=7)
+    assert len(rows) == 99  # 10% of 1000 over 3 classes: 33 each
+    assert np.bincount(labels[rows]).tolist() == [33, 33, 33]
+    assert len(set(rows)) == len(rows) and np.all(np.diff(rows) > 0)
+    np.testing.assert_array_equal(rows, balanced_subset(labels, 0.1, seed=7))
+    assert not np.array_equal(rows, balanced_subset(labels, 0.1, seed=8))
+    # A class smaller than its share gives all it has; 1% still keeps one per class.
+    assert np.bincount(labels[balanced_subset(labels, 0.9, 0)]).tolist() == [300, 300, 200]
+    assert np.bincount(labels[balanced_subset(labels, 0.001, 0)]).tolist() == [1, 1, 1]
+    with pytest.raises(DataError, match=r"--label_fraction=1.5: must be in \(0, 1\]"):
+        balanced_subset(labels, 1.5)
+
+
+def test_label_fraction_on_npz_folder_and_digits(tmp_path):
+    path = str(tmp_path / "data.npz")
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 400)
+    np.savez(path, images=np.zeros((400, 8, 8, 3), np.uint8), labels=labels)
+    source = load_source(path, label_fraction=0.1, seed=3)
+    assert source.num_examples == 40
+    seen = np.concatenate([ex["label"].numpy()[None] for ex in source.dataset()])
+    assert np.bincount(seen).tolist() == [10, 10, 10, 10]
+    again = load_source(path, label_fraction=0.1, seed=3)
+    assert [int(e["label"]) for e in again.dataset()] == seen.tolist()
+
+    for label in ("a", "b"):
+        for i in range(10):
+            save(str(tmp_path / "folder" / label / f"{label}{i}.png"), rgb(seed=i))
+    folder = load_source(str(tmp_path / "folder"), label_fraction=0.2, seed=0)
+    assert folder.num_examples == 4
+    assert sorted(int(e["label"]) for e in folder.dataset()) == [0, 0, 1, 1]
+
+    assert load_source("digits", label_fraction=0.1).num_examples == 140  # 1437 train, 10 classes
+    with pytest.raises(DataError, match="--label_fraction: not for TFDS datasets"):
+        load_source("cifar10", data_dir=str(tmp_path), label_fraction=0.1)

@@ -83,6 +83,8 @@ def load_source(
     verify_images: str = "header",
     label_subset: str | None = None,
     split_flag: str = "--train_split",
+    label_fraction: float = 0.0,
+    seed: int = 0,
 ) -> Source:
     """The source named by `dataset`.
 
@@ -100,21 +102,33 @@ def load_source(
             ImageNet lists): TFDS `file_name`s, image file names in a folder, or
             row indices of an .npz file. Only those examples are used.
         split_flag: the flag named in the error when `split` does not work.
+        label_fraction: .npz files, folders and the embedded default: keep a
+            class-balanced random subset of this fraction (`balanced_subset`,
+            drawn with `seed`); 0 keeps everything.
+        seed: seed of that subset.
     """
+    fraction = dict(fraction=label_fraction, seed=seed) if label_fraction else {}
     try:
-        return _load_source(dataset, split, data_dir, skip_bad_images, verify_images, label_subset)
+        return _load_source(
+            dataset, split, data_dir, skip_bad_images, verify_images, label_subset, fraction
+        )
     except _SplitError as error:
         raise DataError(f"{split_flag}={split}: {error}") from None
 
 
-def _load_source(dataset, split, data_dir, skip_bad_images, verify_images, label_subset):
+def _load_source(dataset, split, data_dir, skip_bad_images, verify_images, label_subset, fraction):
     subset = read_label_subset(label_subset) if label_subset else None
     if dataset == EMBEDDED_DEFAULT:
-        return digits_source(split, subset)
+        return digits_source(split, subset, **fraction)
     if dataset.endswith(".npz"):
-        return npz_source(dataset, split, subset)
+        return npz_source(dataset, split, subset, **fraction)
     if _looks_like_path(dataset):
-        return folder_source(dataset, split, skip_bad_images, verify_images, subset)
+        return folder_source(dataset, split, skip_bad_images, verify_images, subset, **fraction)
+    if fraction:
+        raise DataError(
+            f"--label_fraction: not for TFDS datasets (--dataset={dataset}); use --train_split "
+            "slicing (train[:10%]) or --label_subset with the 1%/10% lists."
+        )
     return tfds_source(dataset, split, data_dir, subset)
 
 
@@ -124,6 +138,41 @@ def _looks_like_path(dataset: str) -> bool:
     if os.path.isdir(dataset) or dataset.startswith(("/", ".", "~")):
         return True
     return os.sep in dataset and os.path.isdir(dataset.split(os.sep)[0])
+
+
+def balanced_subset(labels, fraction: float, seed: int = 0) -> np.ndarray:
+    """Sorted row indices of a class-balanced random subset with `fraction` of the rows.
+
+    Every class contributes the same number of rows, round(fraction * N / classes)
+    (at least 1, at most what the class has), drawn without replacement; the same
+    seed gives the same subset.
+    """
+    if not 0 < fraction <= 1:
+        raise DataError(f"--label_fraction={fraction}: must be in (0, 1].")
+    labels = np.asarray(labels)
+    classes = np.unique(labels)
+    per_class = max(1, round(fraction * len(labels) / len(classes)))
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c in classes:
+        members = np.flatnonzero(labels == c)
+        rows.append(rng.choice(members, min(per_class, len(members)), replace=False))
+    return np.sort(np.concatenate(rows))
+
+
+def _fraction_rows(name, labels, fraction, seed):
+    if labels is None or (len(labels) and np.min(labels) < 0):
+        raise DataError(f"--label_fraction: --dataset={name} has no labels to balance by.")
+    rows = balanced_subset(labels, fraction, seed)
+    logging.info(
+        "--label_fraction=%g: %d of %d examples, %d per class (seed %d).",
+        fraction,
+        len(rows),
+        len(labels),
+        max(1, round(fraction * len(labels) / len(np.unique(labels)))),
+        seed,
+    )
+    return rows
 
 
 def read_label_subset(path: str) -> list[str]:
@@ -173,7 +222,9 @@ def _slice_bounds(split: str, n: int) -> tuple[str, int, int]:
     return name, lo, hi
 
 
-def _array_source(name, split, images, labels, num_classes, parts, subset=None) -> Source:
+def _array_source(
+    name, split, images, labels, num_classes, parts, subset=None, fraction=0.0, seed=0
+) -> Source:
     """A Source over in-memory arrays; `parts` maps split names to index arrays.
 
     `subset` (ids from a label-subset file) are row indices into the split.
@@ -194,6 +245,8 @@ def _array_source(name, split, images, labels, num_classes, parts, subset=None) 
             ) from error
         _missing_ids([str(r) for r in rows], {str(r) for r in range(len(index))}, split)
         index = index[rows]
+    if fraction:
+        index = index[_fraction_rows(name, labels[index], fraction, seed)]
     images, labels = images[index], labels[index]
 
     def make():
@@ -205,7 +258,7 @@ def _array_source(name, split, images, labels, num_classes, parts, subset=None) 
 # ------------------------------------------------------------ embedded default
 
 
-def digits_source(split: str = "train", subset: list[str] | None = None) -> Source:
+def digits_source(split: str = "train", subset: list[str] | None = None, **fraction) -> Source:
     """scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes), as 32x32 RGB.
 
     Ships with scikit-learn, so it needs no download. Every fifth image is in
@@ -221,13 +274,15 @@ def digits_source(split: str = "train", subset: list[str] | None = None) -> Sour
     index = np.arange(len(labels))
     test = index[index % 5 == 0]
     parts = {"train": index[index % 5 != 0], "test": test, "validation": test}
-    return _array_source(EMBEDDED_DEFAULT, split, images, labels, 10, parts, subset)
+    return _array_source(EMBEDDED_DEFAULT, split, images, labels, 10, parts, subset, **fraction)
 
 
 # ------------------------------------------------------------------------ npz
 
 
-def npz_source(path: str, split: str = "train", subset: list[str] | None = None) -> Source:
+def npz_source(
+    path: str, split: str = "train", subset: list[str] | None = None, **fraction
+) -> Source:
     """An .npz file with `images` (N, H, W, 3) uint8 and optional `labels` (N,) ints.
 
     The whole file is one split, which can be sliced ("train[:10%]").
@@ -268,7 +323,7 @@ def npz_source(path: str, split: str = "train", subset: list[str] | None = None)
     # The file is a single split, whatever its name.
     match = _SLICE.match(split.replace(" ", ""))
     parts = {match.group(1) if match else split: np.arange(len(images))}
-    return _array_source(path, split, images, labels, num_classes, parts, subset)
+    return _array_source(path, split, images, labels, num_classes, parts, subset, **fraction)
 
 
 # --------------------------------------------------------------- image folders
@@ -367,6 +422,8 @@ def folder_source(
     skip_bad_images: bool = False,
     verify_images: str = "header",
     subset: list[str] | None = None,
+    fraction: float = 0.0,
+    seed: int = 0,
 ) -> Source:
     """A directory of images: one sub-folder per class (nested folders allowed
     inside a class), or a flat folder of unlabelled images for pretraining.
@@ -418,6 +475,9 @@ def folder_source(
         keep = set(subset)
         chosen = [i for i, name in enumerate(names) if name in keep]
         files, labels = [files[i] for i in chosen], [labels[i] for i in chosen]
+    if fraction:
+        rows = _fraction_rows(path, None if num_classes is None else labels, fraction, seed)
+        files, labels = [files[i] for i in rows], [labels[i] for i in rows]
     good = _verify_files(files, verify_images, skip_bad_images)
     files = [f for f, ok in zip(files, good, strict=True) if ok]
     labels = [label for label, ok in zip(labels, good, strict=True) if ok]
