@@ -314,9 +314,13 @@ def test_recipe_flagfiles_parse_and_validate(name):
             1e-6,
             50,
         )
+        assert config["train_epochs"] == (1000 if "1000ep" in name else 100)
     else:
         assert (config["temperature"], config["color_jitter_strength"]) == (0.5, 0.5)
         assert not config["use_blur"] and config["image_size"] == 32
+        assert config["train_epochs"] == 1000
+        if "resnet50" in name:  # the paper's 94.0% setting
+            assert (config["resnet_depth"], config["train_batch_size"]) == (50, 1024)
 
 
 def test_cifar_recipe_runs_on_the_shared_npz(tmp_path):
