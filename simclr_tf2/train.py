@@ -468,8 +468,9 @@ def run(config: Config, eval_dataset: str | None = None, strategy=None) -> dict 
             and train_source.num_classes is not None
         ):
             train_source.require_classes("--lineareval_while_pretraining")
-    if evaluating:
-        eval_source = load_source(
+
+    def load_eval_split() -> Source:
+        return load_source(
             eval_dataset or config.dataset,
             config.eval_split,
             config.data_dir,
@@ -477,6 +478,9 @@ def run(config: Config, eval_dataset: str | None = None, strategy=None) -> dict 
             verify_images=config.verify_images,
             split_flag="--eval_split",
         )
+
+    if evaluating:
+        eval_source = load_eval_split()
         linear_head = config.lineareval_while_pretraining and (
             train_source is None or train_source.num_classes is not None
         )
@@ -486,14 +490,7 @@ def run(config: Config, eval_dataset: str | None = None, strategy=None) -> dict 
     knn_queries = None
     if training and config.knn_eval_every:
         train_source.require_classes("the kNN monitor (--knn_eval_every)")
-        knn_queries = eval_source or load_source(
-            eval_dataset or config.dataset,
-            config.eval_split,
-            config.data_dir,
-            skip_bad_images=config.skip_bad_images,
-            verify_images=config.verify_images,
-            split_flag="--eval_split",
-        )
+        knn_queries = eval_source or load_eval_split()
         knn_queries.require_classes("the kNN monitor (--knn_eval_every)")
     num_classes = (train_source or eval_source).num_classes
     if config.train_mode == "pretrain" and not config.lineareval_while_pretraining:

@@ -88,8 +88,8 @@ def top_k(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
     return float(np.mean(np.any(best == labels[:, None], axis=1)))
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_source_args(parser: argparse.ArgumentParser) -> None:
+    """The export and data flags linear_eval.py and knn_eval.py share."""
     parser.add_argument("--saved_model", required=True, help="an export or a model_dir")
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--eval_dataset", default=None, help="default: --dataset")
@@ -100,20 +100,18 @@ def main() -> int:
         "--image_size", type=int, default=0, help="default: the images' side if <= 32, else 224"
     )
     parser.add_argument("--batch_size", type=int, default=256)
-    parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--learning_rate", type=float, default=0.1)
-    parser.add_argument("--weight_decay", type=float, default=0.0)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
 
-    for name in ("batch_size", "epochs"):
-        if getattr(args, name) <= 0:
-            sys.stderr.write(f"linear_eval.py: --{name}={getattr(args, name)}: must be positive.\n")
-            return 2
+
+def load_features(args: argparse.Namespace, tool: str, purpose: str):
+    """(export, train (x, y), eval (x, y), classes, image size), or an exit status 2
+    after one line on stderr naming the flag."""
+    if args.batch_size <= 0:
+        sys.stderr.write(f"{tool}: --batch_size={args.batch_size}: must be positive.\n")
+        return 2
     export = latest_export(args.saved_model)
     if export is None:
         sys.stderr.write(
-            f"linear_eval.py: --saved_model={args.saved_model}: no SavedModel there (give "
+            f"{tool}: --saved_model={args.saved_model}: no SavedModel there (give "
             "model_dir/saved_model/<step> or a model_dir holding exports).\n"
         )
         return 2
@@ -125,33 +123,51 @@ def main() -> int:
             args.data_dir,
             split_flag="--eval_split",
         )
-        train_source.require_classes("linear evaluation (--dataset)")
-        eval_source.require_classes("linear evaluation (--eval_dataset)")
+        train_source.require_classes(f"{purpose} (--dataset)")
+        eval_source.require_classes(f"{purpose} (--eval_dataset)")
     except DataError as error:
-        sys.stderr.write(f"linear_eval.py: {error}\n")
+        sys.stderr.write(f"{tool}: {error}\n")
         return 2
     image_size = args.image_size
     if not image_size:
         side = min(train_source.image_shape[:2]) if train_source.image_shape else 224
         image_size = side if side <= 32 else 224
-
     encoder = tf.saved_model.load(export)
-    started = time.time()
-    train_x, train_y = features(encoder, train_source, image_size, args.batch_size, "train")
-    eval_x, eval_y = features(encoder, eval_source, image_size, args.batch_size, "eval")
-    if eval_y.max() >= train_source.num_classes:
+    train = features(encoder, train_source, image_size, args.batch_size, "train")
+    evaluation = features(encoder, eval_source, image_size, args.batch_size, "eval")
+    if evaluation[1].max() >= train_source.num_classes:
         sys.stderr.write(
-            f"linear_eval.py: the eval labels go up to {eval_y.max()}, but the training set "
+            f"{tool}: the eval labels go up to {evaluation[1].max()}, but the training set "
             f"has {train_source.num_classes} classes.\n"
         )
         return 2
+    return export, train, evaluation, train_source.num_classes, image_size
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_source_args(parser)
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--learning_rate", type=float, default=0.1)
+    parser.add_argument("--weight_decay", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    if args.epochs <= 0:
+        sys.stderr.write(f"linear_eval.py: --epochs={args.epochs}: must be positive.\n")
+        return 2
+    started = time.time()
+    loaded = load_features(args, "linear_eval.py", "linear evaluation")
+    if loaded == 2:
+        return 2
+    export, (train_x, train_y), (eval_x, eval_y), num_classes, image_size = loaded
     # Standardise with the training features' statistics (the classifier stays linear).
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
     train_x, eval_x = (train_x - mean) / std, (eval_x - mean) / std
     classifier = train_linear(
         train_x,
         train_y,
-        train_source.num_classes,
+        num_classes,
         args.epochs,
         args.batch_size,
         args.learning_rate,
