@@ -1,0 +1,263 @@
+"""The CIFAR-10 study: does SimCLR pretraining learn, on this machine's budget?
+
+One command regenerates everything:
+  python tools/cifar_study.py --minutes=60 --out=study
+
+Three encoders, ResNet-18 with the CIFAR stem (--width_multiplier), each judged the
+same way on the test sets (test_jpeg.npz, the full 10,000 images after JPEG q75, and
+test.npz, its first 1,000 images exact):
+  * SimCLR: pretrained for --minutes of wall clock with the paper's CIFAR settings
+    (colour strength 0.5, no blur, temperature 0.5, LARS), then a linear probe and
+    weighted kNN (k=200, t=0.1) on its frozen features; a kNN monitor runs during
+    pretraining;
+  * random: the same encoder, randomly initialised, probed the same way;
+  * supervised: the same encoder trained from scratch with labels (crop + flip) for
+    the same --minutes; its own classifier's test accuracy.
+Writes study.png (contrastive loss, contrastive accuracy and kNN top-1 against time),
+study.md (the table), study.json, and the pretraining log, into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from simclr_tf2.callbacks import KNNMonitor  # noqa: E402
+from simclr_tf2.config import Config  # noqa: E402
+from simclr_tf2.data.pipeline import build_dataset  # noqa: E402
+from simclr_tf2.data.sources import load_source  # noqa: E402
+from simclr_tf2.knn import knn_accuracy  # noqa: E402
+from simclr_tf2.optim import WarmUpAndCosineDecay, build_optimizer  # noqa: E402
+from simclr_tf2.train import build_model  # noqa: E402
+from tools.hardware import cores, matmul_peak_gflops  # noqa: E402
+from tools.linear_eval import top_k, train_linear  # noqa: E402
+
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
+
+
+class Budget(keras.callbacks.Callback):
+    """Stops `fit` after `seconds` of wall clock; records per-step logs with their time."""
+
+    def __init__(self, seconds: float, keys=("contrast_loss", "contrast_acc")):
+        super().__init__()
+        self.seconds, self.keys = seconds, keys
+        self.rows: list[dict] = []
+
+    def on_train_begin(self, logs=None):
+        self.start = time.time()
+
+    def on_train_batch_end(self, batch, logs=None):
+        elapsed = time.time() - self.start
+        row = {"step": int(self.model.optimizer.iterations.numpy()), "seconds": elapsed}
+        row.update({k: float(logs[k]) for k in self.keys if k in logs})
+        self.rows.append(row)
+        if elapsed > self.seconds:
+            self.model.stop_training = True
+
+
+def features(encoder, source, batch_size=500):
+    ds = build_dataset(source, batch_size, 32, mode="eval")
+    embed = tf.function(lambda x: encoder(x, training=False)["final_avg_pool"])
+    feats, labels = zip(*[(embed(x).numpy(), y.numpy()) for x, y in ds], strict=True)
+    return np.concatenate(feats), np.concatenate(labels)
+
+
+def probe(encoder, train, tests, epochs):
+    """Linear probe (standardised features, SGD Nesterov, cosine) and kNN on every test set."""
+    train_x, train_y = features(encoder, train)
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    classifier = train_linear((train_x - mean) / std, train_y, 10, epochs, 256, 0.1, 0.0, 0)
+    out = {}
+    for name, source in tests.items():
+        x, y = features(encoder, source)
+        logits = classifier.predict((x - mean) / std, batch_size=1024, verbose=0)
+        out[name] = {
+            "linear_top1": top_k(logits, y, 1),
+            "knn_top1": knn_accuracy(train_x, train_y, x, y, 10, k=200, temperature=0.1),
+        }
+    return out
+
+
+def config_for(args, train_mode="pretrain") -> Config:
+    return Config(
+        train_mode=train_mode,
+        checkpoint="none" if train_mode == "finetune" else None,
+        image_size=32,
+        resnet_depth=18,
+        width_multiplier=args.width_multiplier,
+        train_batch_size=args.batch_size,
+        temperature=0.5,
+        color_jitter_strength=0.5,
+        use_blur=False,
+        weight_decay=1e-4 if train_mode == "pretrain" else 5e-4,
+        lineareval_while_pretraining=False,
+        seed=args.seed,
+    )
+
+
+def built(config, num_classes):
+    model = build_model(config, num_classes)
+    model.build((None, 32, 32, 3))
+    return model
+
+
+def plan(config, num_classes, data, budget, optimizer) -> tuple[float, int]:
+    """(seconds per step, steps that fit the budget), timed on a throwaway model."""
+    model = built(config, num_classes)
+    compile_for(model, config, 0.1, 100, optimizer)
+    model.fit(data, steps_per_epoch=3, epochs=1, verbose=0, shuffle=False)  # traces
+    start = time.time()
+    model.fit(data, steps_per_epoch=5, epochs=1, verbose=0, shuffle=False)
+    step_s = (time.time() - start) / 5
+    return step_s, max(10, int(budget / step_s))
+
+
+def compile_for(model, config, learning_rate, steps, optimizer):
+    schedule = WarmUpAndCosineDecay(
+        learning_rate, config.train_batch_size, steps, max(1, steps // 20)
+    )
+    model.compile(optimizer=build_optimizer(optimizer, schedule, 0.9, config.weight_decay))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=60.0, help="budget of each training")
+    parser.add_argument("--out", default="study")
+    parser.add_argument("--width_multiplier", type=float, default=1.0)
+    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--probe_epochs", type=int, default=100)
+    parser.add_argument("--knn_every_minutes", type=float, default=5.0)
+    parser.add_argument("--train_examples", type=int, default=0, help="0 = all 50,000")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if not os.path.exists(os.path.join(DATA, "cifar10", "train.npz")):
+        sys.stderr.write(f"cifar_study.py: no {DATA}/cifar10/train.npz (see its README).\n")
+        return 2
+    os.makedirs(args.out, exist_ok=True)
+    cifar = os.path.join(DATA, "cifar10")
+    split = f"train[:{args.train_examples}]" if args.train_examples else "train"
+    train = load_source(os.path.join(cifar, "train.npz"), split)
+    tests = {
+        "test_jpeg (10,000, JPEG q75)": load_source(os.path.join(cifar, "test_jpeg.npz")),
+        "test (1,000, exact)": load_source(os.path.join(cifar, "test.npz")),
+    }
+    budget = args.minutes * 60
+    peak = matmul_peak_gflops()
+    results = {"machine": {"cores": cores(), "matmul_peak_gflops": round(peak, 1)}}
+    knn_bank = build_dataset(train, 500, 32, "eval", every=max(1, train.num_examples // 10_000))
+    knn_queries = build_dataset(tests["test (1,000, exact)"], 500, 32, "eval")
+
+    # 1. SimCLR pretraining with a kNN monitor, then the probes.
+    config = config_for(args)
+    data = build_dataset(
+        train,
+        args.batch_size,
+        32,
+        "pretrain",
+        color_jitter_strength=0.5,
+        use_blur=False,
+        seed=args.seed,
+    )
+    step_s, steps = plan(config, None, data, budget, "lars")
+    keras.utils.set_random_seed(args.seed)
+    model = built(config, None)
+    random_encoder = built(config, None)
+    compile_for(model, config, 1.0, steps, "lars")
+    timer = Budget(budget)
+    monitor = KNNMonitor(
+        knn_bank, knn_queries, 10, max(1, int(args.knn_every_minutes * 60 / step_s)), k=200
+    )
+    started = time.time()
+    model.fit(
+        data, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False, callbacks=[timer, monitor]
+    )
+    results["simclr"] = probe(model.encoder, train, tests, args.probe_epochs)
+    results["simclr"]["steps"] = int(model.optimizer.iterations.numpy())
+    results["simclr"]["minutes"] = round((time.time() - started) / 60, 1)
+    results["random"] = probe(random_encoder.encoder, train, tests, args.probe_epochs)
+
+    # 2. Supervised from scratch, same budget.
+    sup_config = config_for(args, "finetune")
+    sup_data = build_dataset(train, args.batch_size, 32, "finetune", seed=args.seed)
+    _, sup_steps = plan(sup_config, 10, sup_data, budget, "momentum")
+    keras.utils.set_random_seed(args.seed)
+    supervised = built(sup_config, 10)
+    compile_for(supervised, sup_config, 0.1, sup_steps, "momentum")
+    sup_timer = Budget(budget, keys=("supervised_loss", "supervised_acc"))
+    supervised.fit(
+        sup_data,
+        steps_per_epoch=sup_steps,
+        epochs=1,
+        verbose=0,
+        shuffle=False,
+        callbacks=[sup_timer],
+    )
+    results["supervised"] = {"steps": int(supervised.optimizer.iterations.numpy())}
+    for name, source in tests.items():
+        metrics = supervised.evaluate(
+            build_dataset(source, 500, 32, "eval"), verbose=0, return_dict=True
+        )
+        results["supervised"][name] = {"top1": float(metrics["supervised_acc"])}
+
+    results["curves"] = {"pretraining": timer.rows, "knn": monitor.history, "step_seconds": step_s}
+    write_outputs(args, results)
+    return 0
+
+
+def write_outputs(args, results) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["curves"]["pretraining"]
+    minutes = [r["seconds"] / 60 for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    axes[0].plot(minutes, [r["contrast_loss"] for r in rows])
+    axes[0].set(title="contrastive loss (running mean)", xlabel="minutes")
+    axes[1].plot(minutes, [r["contrast_acc"] for r in rows])
+    axes[1].set(title="contrastive accuracy (running mean)", xlabel="minutes")
+    at = {r["step"]: r["seconds"] / 60 for r in rows}
+    knn = [(at[s], a) for s, a in results["curves"]["knn"] if s in at]
+    axes[2].plot([m for m, _ in knn], [a for _, a in knn], marker="o")
+    axes[2].set(title="kNN top-1 on test (1,000 exact)", xlabel="minutes")
+    fig.suptitle(
+        f"SimCLR, ResNet-18 x{args.width_multiplier} (CIFAR stem), batch {args.batch_size}, "
+        f"{results['simclr']['steps']} steps in {results['simclr']['minutes']} min"
+    )
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "study.png"), dpi=80)
+
+    lines = [
+        "| encoder | test set | linear probe top-1 | kNN top-1 | supervised top-1 |",
+        "|---|---|---|---|---|",
+    ]
+    for name in results["simclr"]:
+        if not isinstance(results["simclr"][name], dict):
+            continue
+        s, r, sup = results["simclr"][name], results["random"][name], results["supervised"][name]
+        lines.append(f"| SimCLR | {name} | {s['linear_top1']:.3f} | {s['knn_top1']:.3f} | |")
+        lines.append(f"| random init | {name} | {r['linear_top1']:.3f} | {r['knn_top1']:.3f} | |")
+        lines.append(f"| supervised | {name} | | | {sup['top1']:.3f} |")
+    table = "\n".join(lines)
+    with open(os.path.join(args.out, "study.md"), "w") as f:
+        f.write(table + "\n")
+    with open(os.path.join(args.out, "study.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    print(table)
+    summary = {k: results[k] for k in ("machine", "simclr", "random", "supervised")}
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
