@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import uuid
 
 import keras
 import tensorflow as tf
@@ -97,13 +98,23 @@ def _standalone_copy(model):
 def export_saved_model(model, path: str) -> str:
     """Writes `model` (a built SimCLRModel) as a reusable SavedModel at `path`."""
     module = _HubModule(_standalone_copy(model))
-    tmp = path.rstrip("/") + ".tmp"
-    if tf.io.gfile.exists(tmp):
-        tf.io.gfile.rmtree(tmp)
-    tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
-    if tf.io.gfile.exists(path):
-        tf.io.gfile.rmtree(path)
-    tf.io.gfile.rename(tmp, path)
+    # Written under a name of this writer's own, then renamed into place: a reader
+    # never sees half an export, and two processes exporting the same step at
+    # once (a trainer and an --mode=eval watcher) do not write into each other.
+    tmp = f"{path.rstrip('/')}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
+        try:
+            if tf.io.gfile.exists(path):
+                tf.io.gfile.rmtree(path)
+            tf.io.gfile.rename(tmp, path)
+        except (tf.errors.OpError, OSError):
+            if not is_saved_model(path):
+                raise
+            # Another process put the same step's export in place meanwhile: it stands.
+    finally:
+        if tf.io.gfile.exists(tmp):
+            tf.io.gfile.rmtree(tmp)
     return path
 
 
