@@ -85,6 +85,7 @@ def test_knn_monitor_writes_its_scalar_at_the_requested_steps(tmp_path):
         epochs=2,
         verbose=0,
         callbacks=[monitor],
+        shuffle=False,
     )
     assert [step for step, _ in monitor.history] == [2, 4, 6]
     assert all(0.0 <= acc <= 1.0 for _, acc in monitor.history)
