@@ -360,6 +360,17 @@ def test_linear_eval_tool_on_an_export(pretrained):
     assert result["saved_model"].endswith(os.path.join("saved_model", "20"))
     assert result["eval_examples"] == 360 and result["image_size"] == 32
     assert 0.5 < result["top_1_accuracy"] <= result["top_5_accuracy"] <= 1  # chance: 0.1
+    # The same from the model_dir's checkpoint: the same weights, so the same features.
+    from_checkpoint = subprocess.run(
+        [sys.executable, tool, f"--checkpoint={model_dir}", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert from_checkpoint.returncode == 0, from_checkpoint.stderr[-3000:]
+    again = json.loads(from_checkpoint.stdout.strip().splitlines()[-1])
+    assert again["saved_model"].endswith("ckpt-20")
+    assert again["top_1_accuracy"] == pytest.approx(result["top_1_accuracy"], abs=0.02)
     bad = subprocess.run(
         [sys.executable, tool, "--saved_model=/no/such/export", *args],
         capture_output=True,

@@ -1,4 +1,4 @@
-"""Linear evaluation of an exported SimCLR encoder: a linear classifier on frozen features.
+"""Linear evaluation of a SimCLR encoder: a linear classifier on its frozen features.
 
 Usage:
   python tools/linear_eval.py --saved_model=/tmp/simclr_quickstart --dataset=digits \
@@ -8,10 +8,11 @@ Usage:
       --eval_dataset=../shared/data/cifar10/test_jpeg.npz
 
 --saved_model is an export (`model_dir/saved_model/<step>`) or a model_dir (its newest
-export). Features are the export's `final_avg_pool` (h) on centre-cropped images
-(`trainable=False`), computed once; a linear classifier is trained on them with SGD,
-Nesterov momentum 0.9 and a cosine learning-rate decay, then top-1 / top-5 on the eval split
-are printed. The last line of output is one JSON object.
+export); --checkpoint instead takes a checkpoint prefix or a model_dir (its newest
+checkpoint, the model rebuilt from its config.json). Features are the encoder's
+`final_avg_pool` (h) on centre-cropped images (inference mode), computed once; a linear
+classifier is trained on them with SGD, Nesterov momentum 0.9 and a cosine learning-rate
+decay, then top-1 / top-5 on the eval split are printed. The last line of output is one JSON object.
 """
 
 from __future__ import annotations
@@ -88,9 +89,41 @@ def top_k(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
     return float(np.mean(np.any(best == labels[:, None], axis=1)))
 
 
+def checkpoint_encoder(path: str):
+    """(checkpoint path, encoder callable like an export's) from a checkpoint prefix or a
+    model_dir, or a one-line reason it cannot be used."""
+    from simclr_tf2.config import Config
+    from simclr_tf2.train import build_model
+
+    prefix = tf.train.latest_checkpoint(path) if os.path.isdir(path) else path
+    if not prefix or not tf.io.gfile.exists(prefix + ".index"):
+        return "no checkpoint there (give model_dir or model_dir/ckpt-<step>)."
+    config_path = os.path.join(os.path.dirname(prefix), "config.json")
+    if not os.path.exists(config_path):
+        return f"no config.json beside it ({config_path}) to rebuild the model from."
+    with open(config_path) as f:
+        config = Config(**json.load(f))
+    model = build_model(config, None)
+    model.build((None, config.image_size, config.image_size, 3))
+    status = tf.train.Checkpoint(model=tf.train.Checkpoint(encoder=model.encoder)).restore(prefix)
+    status.expect_partial().assert_existing_objects_matched()
+    encoder = model.encoder
+
+    @tf.function(reduce_retracing=True)
+    def call(images, trainable=False):
+        return {"final_avg_pool": encoder(images, training=trainable)["final_avg_pool"]}
+
+    return prefix, call
+
+
 def add_source_args(parser: argparse.ArgumentParser) -> None:
     """The export and data flags linear_eval.py and knn_eval.py share."""
-    parser.add_argument("--saved_model", required=True, help="an export or a model_dir")
+    parser.add_argument("--saved_model", help="an export, or a model_dir holding exports")
+    parser.add_argument(
+        "--checkpoint",
+        help="instead of --saved_model: a checkpoint prefix, or a model_dir (its newest "
+        "checkpoint; the model is rebuilt from the model_dir's config.json)",
+    )
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--eval_dataset", default=None, help="default: --dataset")
     parser.add_argument("--data_dir", default=None)
@@ -108,13 +141,24 @@ def load_features(args: argparse.Namespace, tool: str, purpose: str):
     if args.batch_size <= 0:
         sys.stderr.write(f"{tool}: --batch_size={args.batch_size}: must be positive.\n")
         return 2
-    export = latest_export(args.saved_model)
-    if export is None:
-        sys.stderr.write(
-            f"{tool}: --saved_model={args.saved_model}: no SavedModel there (give "
-            "model_dir/saved_model/<step> or a model_dir holding exports).\n"
-        )
+    if bool(args.saved_model) == bool(args.checkpoint):
+        sys.stderr.write(f"{tool}: give one of --saved_model and --checkpoint.\n")
         return 2
+    if args.checkpoint:
+        loaded = checkpoint_encoder(args.checkpoint)
+        if isinstance(loaded, str):
+            sys.stderr.write(f"{tool}: --checkpoint={args.checkpoint}: {loaded}\n")
+            return 2
+        export, encoder = loaded
+    else:
+        export = latest_export(args.saved_model)
+        if export is None:
+            sys.stderr.write(
+                f"{tool}: --saved_model={args.saved_model}: no SavedModel there (give "
+                "model_dir/saved_model/<step> or a model_dir holding exports).\n"
+            )
+            return 2
+        encoder = tf.saved_model.load(export)
     try:
         train_source = load_source(args.dataset, args.train_split, args.data_dir)
         eval_source = load_source(
@@ -132,7 +176,6 @@ def load_features(args: argparse.Namespace, tool: str, purpose: str):
     if not image_size:
         side = min(train_source.image_shape[:2]) if train_source.image_shape else 224
         image_size = side if side <= 32 else 224
-    encoder = tf.saved_model.load(export)
     train = features(encoder, train_source, image_size, args.batch_size, "train")
     evaluation = features(encoder, eval_source, image_size, args.batch_size, "eval")
     if evaluation[1].max() >= train_source.num_classes:
