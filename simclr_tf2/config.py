@@ -212,13 +212,10 @@ def validate(config: Config, num_replicas: int = 1) -> Config:
             f"must be in [0, {max_selector}] for --proj_head_mode={c.proj_head_mode} "
             f"with --num_proj_layers={c.num_proj_layers}.",
         )
-    if c.sk_ratio or c.se_ratio:
-        flag, value = ("sk_ratio", c.sk_ratio) if c.sk_ratio else ("se_ratio", c.se_ratio)
-        _fail(
-            flag,
-            value,
-            "selective-kernel and squeeze-excitation blocks are not available yet; use 0.",
-        )
+    if not 0 <= c.sk_ratio < 1:
+        _fail("sk_ratio", c.sk_ratio, "must be in [0, 1) (0 = off; SimCLRv2 uses 0.0625).")
+    if not 0 <= c.se_ratio <= 1:
+        _fail("se_ratio", c.se_ratio, "must be in [0, 1] (0 = off).")
     if not 0 <= c.label_fraction <= 1:
         _fail("label_fraction", c.label_fraction, "must be in [0, 1] (0 = every example).")
     if c.knn_eval_every < 0:

@@ -114,5 +114,3 @@ def test_bad_arguments():
         ResNet(42)
     with pytest.raises(ValueError, match="width_multiplier=0"):
         ResNet(18, 0)
-    with pytest.raises(NotImplementedError, match="sk_ratio=0.0625"):
-        ResNet(50, sk_ratio=0.0625)

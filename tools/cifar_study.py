@@ -65,6 +65,16 @@ class Budget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def save(args, results) -> None:
+    """Writes what is known so far, so a crash in a later phase loses nothing before it."""
+    with open(os.path.join(args.out, "study.json"), "w") as f:
+        json.dump(results, f, indent=1)
+
+
 def features(encoder, source, batch_size=500):
     ds = build_dataset(source, batch_size, 32, mode="eval")
     embed = tf.function(lambda x: encoder(x, training=False)["final_avg_pool"])
@@ -169,6 +179,7 @@ def main(argv=None) -> int:
         seed=args.seed,
     )
     step_s, steps = plan(config, None, data, budget, "lars")
+    log(f"SimCLR pretraining: {step_s:.2f} s/step, planning {steps} steps in {args.minutes} min")
     keras.utils.set_random_seed(args.seed)
     model = built(config, None)
     random_encoder = built(config, None)
@@ -181,15 +192,22 @@ def main(argv=None) -> int:
     model.fit(
         data, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False, callbacks=[timer, monitor]
     )
+    minutes = round((time.time() - started) / 60, 1)
+    log(f"pretraining done: {int(model.optimizer.iterations.numpy())} steps; kNN {monitor.history}")
+    results["curves"] = {"pretraining": timer.rows, "knn": monitor.history, "step_seconds": step_s}
     results["simclr"] = probe(model.encoder, train, tests, args.probe_epochs)
     results["simclr"]["steps"] = int(model.optimizer.iterations.numpy())
-    results["simclr"]["minutes"] = round((time.time() - started) / 60, 1)
+    results["simclr"]["minutes"] = minutes
+    log(f"SimCLR probes: {results['simclr']}")
     results["random"] = probe(random_encoder.encoder, train, tests, args.probe_epochs)
+    log(f"random-init probes: {results['random']}")
+    save(args, results)
 
     # 2. Supervised from scratch, same budget.
     sup_config = config_for(args, "finetune")
     sup_data = build_dataset(train, args.batch_size, 32, "finetune", seed=args.seed)
-    _, sup_steps = plan(sup_config, 10, sup_data, budget, "momentum")
+    sup_step_s, sup_steps = plan(sup_config, 10, sup_data, budget, "momentum")
+    log(f"supervised: {sup_step_s:.2f} s/step, planning {sup_steps} steps in {args.minutes} min")
     keras.utils.set_random_seed(args.seed)
     supervised = built(sup_config, 10)
     compile_for(supervised, sup_config, 0.1, sup_steps, "momentum")
@@ -209,7 +227,7 @@ def main(argv=None) -> int:
         )
         results["supervised"][name] = {"top1": float(metrics["supervised_acc"])}
 
-    results["curves"] = {"pretraining": timer.rows, "knn": monitor.history, "step_seconds": step_s}
+    log(f"supervised: {results['supervised']}")
     write_outputs(args, results)
     return 0
 
@@ -252,8 +270,7 @@ def write_outputs(args, results) -> None:
     table = "\n".join(lines)
     with open(os.path.join(args.out, "study.md"), "w") as f:
         f.write(table + "\n")
-    with open(os.path.join(args.out, "study.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    save(args, results)
     print(table)
     summary = {k: results[k] for k in ("machine", "simclr", "random", "supervised")}
     print(json.dumps(summary))

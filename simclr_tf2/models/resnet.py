@@ -5,6 +5,13 @@ convolution, the "v1.5" bottleneck (stride on the 3x3 convolution), the last
 batch norm of every residual block initialised to zero, and an optional CIFAR
 stem (one 3x3 stride-1 convolution, no max-pool) for images of 32 px or less.
 
+SimCLRv2's variants (Chen et al., 2020b): with `sk_ratio` > 0 every 3x3
+convolution that is followed by batch norm and ReLU becomes a selective-kernel
+convolution (`SelectiveKernelConv2D`), the ImageNet stem becomes ResNet-D's
+three 3x3 convolutions, and strided projection shortcuts average-pool before
+their 1x1 convolution; with `se_ratio` > 0 every block ends in
+squeeze-excitation (`SqueezeExcitation`) before the shortcut is added.
+
 With `global_bn=True` every batch norm is `BatchNormalization(synchronized=True)`,
 so under `tf.distribute` its statistics are computed over the global batch and no
 replica can recognise its own examples through per-device statistics.
@@ -112,6 +119,146 @@ class FixedPaddingConv2D(keras.layers.Layer):
         return config
 
 
+class SelectiveKernelConv2D(keras.layers.Layer):
+    """Selective-kernel convolution (Li et al., 2019), as SimCLRv2 uses it.
+
+    Two 3x3 branches, the second dilated by 2 (a 5x5 receptive field), each
+    followed by batch norm and ReLU; a descriptor of their sum (global average
+    pool, a Dense of `max(filters * sk_ratio, min_dim)` units, batch norm, ReLU)
+    gives per-channel logits for each branch, and a softmax over the two
+    branches mixes them. The output is already normalised and rectified: it
+    replaces a 3x3 convolution + batch norm + ReLU.
+
+    Args:
+        filters: output channels.
+        strides: 1 or 2.
+        sk_ratio: width of the attention descriptor relative to `filters`.
+        min_dim: its smallest width.
+        global_bn, batch_norm_decay, batch_norm_epsilon: as in `ResNet`.
+    """
+
+    def __init__(
+        self,
+        filters: int,
+        strides: int = 1,
+        sk_ratio: float = 0.0625,
+        min_dim: int = 32,
+        global_bn: bool = True,
+        batch_norm_decay: float = 0.9,
+        batch_norm_epsilon: float = BATCH_NORM_EPSILON,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if strides not in (1, 2):
+            raise ValueError(f"SelectiveKernelConv2D supports strides 1 and 2, not {strides}.")
+        self.filters = filters
+        self.strides = strides
+        self.sk_ratio = sk_ratio
+        self.min_dim = min_dim
+        self.global_bn = global_bn
+        self.batch_norm_decay = batch_norm_decay
+        self.batch_norm_epsilon = batch_norm_epsilon
+        bn_args = dict(global_bn=global_bn, momentum=batch_norm_decay, epsilon=batch_norm_epsilon)
+        self.conv_3x3 = FixedPaddingConv2D(filters, 3, strides, name="conv2d_3x3")
+        # Dilation 2 with stride 2 samples only even positions, so it equals an
+        # undilated 3x3 convolution of the input subsampled by 2 (TF has no
+        # strided dilated convolution).
+        self.conv_dilated = keras.layers.Conv2D(
+            filters,
+            3,
+            padding="same",
+            dilation_rate=2 if strides == 1 else 1,
+            use_bias=False,
+            kernel_initializer=keras.initializers.VarianceScaling(),
+            name="conv2d_dilated",
+        )
+        self.norm_3x3 = batch_norm(name="batch_normalization_3x3", **bn_args)
+        self.norm_dilated = batch_norm(name="batch_normalization_dilated", **bn_args)
+        self.attention_width = max(int(filters * sk_ratio), min_dim)
+        self.reduce = keras.layers.Dense(
+            self.attention_width,
+            use_bias=False,
+            kernel_initializer=keras.initializers.VarianceScaling(),
+            name="attention_reduce",
+        )
+        self.reduce_norm = batch_norm(name="attention_batch_normalization", **bn_args)
+        self.expand = keras.layers.Dense(
+            2 * filters,
+            use_bias=False,
+            kernel_initializer=keras.initializers.VarianceScaling(),
+            name="attention_expand",
+        )
+
+    def branches(self, inputs, training=None):
+        """The two normalised, rectified branch outputs."""
+        a = keras.ops.relu(self.norm_3x3(self.conv_3x3(inputs), training=training))
+        if self.strides == 2:
+            inputs = inputs[:, ::2, ::2, :]
+        b = keras.ops.relu(self.norm_dilated(self.conv_dilated(inputs), training=training))
+        return a, b
+
+    def attention(self, a, b, training=None):
+        """(batch, 2, filters) branch weights; they sum to 1 over axis 1."""
+        descriptor = keras.ops.mean(a + b, axis=(1, 2))
+        descriptor = keras.ops.relu(self.reduce_norm(self.reduce(descriptor), training=training))
+        logits = keras.ops.reshape(self.expand(descriptor), (-1, 2, self.filters))
+        return keras.ops.softmax(logits, axis=1)
+
+    def call(self, inputs, training=None):
+        a, b = self.branches(inputs, training=training)
+        weights = keras.ops.cast(self.attention(a, b, training=training), a.dtype)
+        return a * weights[:, None, None, 0, :] + b * weights[:, None, None, 1, :]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "filters": self.filters,
+                "strides": self.strides,
+                "sk_ratio": self.sk_ratio,
+                "min_dim": self.min_dim,
+                "global_bn": self.global_bn,
+                "batch_norm_decay": self.batch_norm_decay,
+                "batch_norm_epsilon": self.batch_norm_epsilon,
+            }
+        )
+        return config
+
+
+class SqueezeExcitation(keras.layers.Layer):
+    """Squeeze-excitation (Hu et al., 2018): channels rescaled by a gate in (0, 1).
+
+    Global average pool, Dense to `max(1, int(filters * se_ratio))` units with
+    ReLU, Dense back to the input's channels with a sigmoid; the input is
+    multiplied by that gate.
+
+    Args:
+        filters: the block's base width (its bottleneck width).
+        se_ratio: the reduction.
+    """
+
+    def __init__(self, filters: int, se_ratio: float, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.se_ratio = se_ratio
+        self.reduced = max(1, int(filters * se_ratio))
+        self.squeeze = keras.layers.Dense(self.reduced, name="se_reduce")
+        self.excite = None
+
+    def build(self, input_shape):
+        self.excite = keras.layers.Dense(int(input_shape[-1]), name="se_expand")
+
+    def call(self, inputs):
+        descriptor = keras.ops.relu(self.squeeze(keras.ops.mean(inputs, axis=(1, 2))))
+        gate = keras.ops.sigmoid(self.excite(descriptor))
+        return inputs * gate[:, None, None, :]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"filters": self.filters, "se_ratio": self.se_ratio})
+        return config
+
+
 class _Block(keras.layers.Layer):
     """Common parts of the residual and bottleneck blocks.
 
@@ -119,8 +266,9 @@ class _Block(keras.layers.Layer):
     norm is zero-initialised so that every block starts as the identity. Layers
     are held as named attributes (conv1, bn1, ...), not in Python lists, because
     `tf.train.Checkpoint` does not follow lists of Keras layers.
-    `_spatial_conv` is the one place a 3x3 convolution is made: the seam where
-    selective kernels (SimCLRv2) plug in.
+    `_spatial_conv` is the one place a 3x3 convolution followed by batch norm
+    and ReLU is made: with `sk_ratio` > 0 it is a selective-kernel convolution,
+    which normalises and rectifies itself (its norm slot is None).
     """
 
     expansion = 1
@@ -133,6 +281,8 @@ class _Block(keras.layers.Layer):
         global_bn: bool = True,
         batch_norm_decay: float = 0.9,
         batch_norm_epsilon: float = BATCH_NORM_EPSILON,
+        sk_ratio: float = 0.0,
+        se_ratio: float = 0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -142,12 +292,23 @@ class _Block(keras.layers.Layer):
         self.global_bn = global_bn
         self.batch_norm_decay = batch_norm_decay
         self.batch_norm_epsilon = batch_norm_epsilon
-        self.shortcut_conv = self.shortcut_norm = None
+        self.sk_ratio = sk_ratio
+        self.se_ratio = se_ratio
+        self.shortcut_pool = self.shortcut_conv = self.shortcut_norm = None
         if use_projection:
+            if sk_ratio > 0 and strides > 1:
+                # ResNet-D: average-pool, then a 1x1 convolution that sees every pixel.
+                self.shortcut_pool = keras.layers.AveragePooling2D(
+                    2, strides, padding="same", name="shortcut_pool"
+                )
             self.shortcut_conv = FixedPaddingConv2D(
-                filters * self.expansion, 1, strides, name="shortcut_conv"
+                filters * self.expansion,
+                1,
+                1 if self.shortcut_pool is not None else strides,
+                name="shortcut_conv",
             )
             self.shortcut_norm = self._norm(name="shortcut_batch_normalization")
+        self.se = SqueezeExcitation(filters, se_ratio, name="se") if se_ratio > 0 else None
 
     def _add_path(self, convs: list, norms: list) -> None:
         self.path_length = len(convs)
@@ -160,7 +321,7 @@ class _Block(keras.layers.Layer):
         return [getattr(self, f"conv{i + 1}") for i in range(self.path_length)]
 
     @property
-    def norms(self) -> list[keras.layers.Layer]:
+    def norms(self) -> list[keras.layers.Layer | None]:
         return [getattr(self, f"bn{i + 1}") for i in range(self.path_length)]
 
     def _norm(self, name: str, zero_init: bool = False) -> keras.layers.BatchNormalization:
@@ -172,19 +333,38 @@ class _Block(keras.layers.Layer):
             name=name,
         )
 
-    def _spatial_conv(self, filters: int, strides: int, name: str) -> keras.layers.Layer:
-        return FixedPaddingConv2D(filters, 3, strides, name=name)
+    def _spatial_conv(self, filters: int, strides: int, name: str, norm_name: str) -> tuple:
+        """(3x3 convolution, its batch norm) for a place followed by ReLU."""
+        if self.sk_ratio > 0:
+            sk = SelectiveKernelConv2D(
+                filters,
+                strides,
+                self.sk_ratio,
+                global_bn=self.global_bn,
+                batch_norm_decay=self.batch_norm_decay,
+                batch_norm_epsilon=self.batch_norm_epsilon,
+                name=f"sk_{name}",
+            )
+            return sk, None
+        return FixedPaddingConv2D(filters, 3, strides, name=name), self._norm(norm_name)
 
     def call(self, inputs, training=None):
         shortcut = inputs
         if self.shortcut_conv is not None:
-            shortcut = self.shortcut_norm(self.shortcut_conv(inputs), training=training)
+            if self.shortcut_pool is not None:
+                shortcut = self.shortcut_pool(shortcut)
+            shortcut = self.shortcut_norm(self.shortcut_conv(shortcut), training=training)
         x = inputs
         last = len(self.convs) - 1
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
+            if norm is None:  # a selective-kernel convolution: normalised and rectified
+                x = conv(x, training=training)
+                continue
             x = norm(conv(x), training=training)
             if i < last:
                 x = keras.ops.relu(x)
+        if self.se is not None:
+            x = self.se(x)
         return keras.ops.relu(x + shortcut)
 
     def get_config(self):
@@ -197,46 +377,45 @@ class _Block(keras.layers.Layer):
                 "global_bn": self.global_bn,
                 "batch_norm_decay": self.batch_norm_decay,
                 "batch_norm_epsilon": self.batch_norm_epsilon,
+                "sk_ratio": self.sk_ratio,
+                "se_ratio": self.se_ratio,
             }
         )
         return config
 
 
 class ResidualBlock(_Block):
-    """Two 3x3 convolutions (ResNet-18 and -34)."""
+    """Two 3x3 convolutions (ResNet-18 and -34); with SK the first is selective."""
 
     expansion = 1
 
     def __init__(self, filters: int, strides: int = 1, **kwargs):
         super().__init__(filters, strides, **kwargs)
+        conv1, bn1 = self._spatial_conv(filters, strides, "conv2d_1", "batch_normalization_1")
+        # The last convolution is followed by the zero-initialised norm, not ReLU.
         self._add_path(
-            [
-                self._spatial_conv(filters, strides, "conv2d_1"),
-                self._spatial_conv(filters, 1, "conv2d_2"),
-            ],
-            [
-                self._norm("batch_normalization_1"),
-                self._norm("batch_normalization_2", zero_init=True),
-            ],
+            [conv1, FixedPaddingConv2D(filters, 3, 1, name="conv2d_2")],
+            [bn1, self._norm("batch_normalization_2", zero_init=True)],
         )
 
 
 class BottleneckBlock(_Block):
-    """1x1 reduce, 3x3 (strided), 1x1 expand by 4 (ResNet-50 and deeper)."""
+    """1x1 reduce, 3x3 (strided; selective with SK), 1x1 expand by 4 (ResNet-50+)."""
 
     expansion = 4
 
     def __init__(self, filters: int, strides: int = 1, **kwargs):
         super().__init__(filters, strides, **kwargs)
+        conv2, bn2 = self._spatial_conv(filters, strides, "conv2d_2", "batch_normalization_2")
         self._add_path(
             [
                 FixedPaddingConv2D(filters, 1, 1, name="conv2d_1"),
-                self._spatial_conv(filters, strides, "conv2d_2"),
+                conv2,
                 FixedPaddingConv2D(4 * filters, 1, 1, name="conv2d_3"),
             ],
             [
                 self._norm("batch_normalization_1"),
-                self._norm("batch_normalization_2"),
+                bn2,
                 self._norm("batch_normalization_3", zero_init=True),
             ],
         )
@@ -277,8 +456,10 @@ class ResNet(keras.layers.Layer):
         global_bn: synchronised batch norm across replicas.
         batch_norm_decay: momentum of the moving statistics.
         batch_norm_epsilon: batch norm epsilon.
-        sk_ratio: selective-kernel ratio (SimCLRv2); only 0 is supported yet.
-        se_ratio: squeeze-excitation ratio (SimCLRv2); only 0 is supported yet.
+        sk_ratio: selective-kernel ratio (SimCLRv2; 0.0625 recommended); 0 = off.
+            Also switches to ResNet-D's stem (unless `cifar_stem`) and
+            average-pool projection shortcuts.
+        se_ratio: squeeze-excitation ratio (SimCLRv2); 0 = off.
 
     Call returns a dict with the keys of `BLOCK_OUTPUT_NAMES`;
     `final_avg_pool` is h, the representation.
@@ -303,11 +484,10 @@ class ResNet(keras.layers.Layer):
             )
         if width_multiplier <= 0:
             raise ValueError(f"width_multiplier={width_multiplier} must be positive.")
-        if sk_ratio or se_ratio:
-            raise NotImplementedError(
-                f"sk_ratio={sk_ratio}, se_ratio={se_ratio}: selective-kernel and "
-                "squeeze-excitation blocks are not implemented yet; use 0."
-            )
+        if not 0 <= sk_ratio < 1:
+            raise ValueError(f"sk_ratio={sk_ratio} must be in [0, 1); SimCLRv2 uses 0.0625.")
+        if not 0 <= se_ratio <= 1:
+            raise ValueError(f"se_ratio={se_ratio} must be in [0, 1].")
         self.depth = depth
         self.width_multiplier = width_multiplier
         self.cifar_stem = cifar_stem
@@ -319,9 +499,21 @@ class ResNet(keras.layers.Layer):
 
         bn_args = dict(global_bn=global_bn, momentum=batch_norm_decay, epsilon=batch_norm_epsilon)
         stem_width = self._width(64)
+        self.resnet_d_stem = sk_ratio > 0 and not cifar_stem
         if cifar_stem:
             self.stem_conv = FixedPaddingConv2D(stem_width, 3, 1, name="initial_conv")
             self.stem_pool = None
+        elif self.resnet_d_stem:
+            # ResNet-D (He et al., 2019): three 3x3 convolutions instead of one 7x7.
+            half = self._width(32)
+            self.stem_conv_a = FixedPaddingConv2D(half, 3, 2, name="initial_conv_a")
+            self.stem_norm_a = batch_norm(name="initial_batch_normalization_a", **bn_args)
+            self.stem_conv_b = FixedPaddingConv2D(half, 3, 1, name="initial_conv_b")
+            self.stem_norm_b = batch_norm(name="initial_batch_normalization_b", **bn_args)
+            self.stem_conv = FixedPaddingConv2D(stem_width, 3, 1, name="initial_conv")
+            self.stem_pool = keras.layers.MaxPooling2D(
+                3, 2, padding="same", name="initial_max_pool"
+            )
         else:
             self.stem_conv = FixedPaddingConv2D(stem_width, 7, 2, name="initial_conv")
             self.stem_pool = keras.layers.MaxPooling2D(
@@ -335,6 +527,8 @@ class ResNet(keras.layers.Layer):
             global_bn=global_bn,
             batch_norm_decay=batch_norm_decay,
             batch_norm_epsilon=batch_norm_epsilon,
+            sk_ratio=sk_ratio,
+            se_ratio=se_ratio,
         )
         for g, (base, count) in enumerate(zip((64, 128, 256, 512), counts, strict=True)):
             blocks = [
@@ -351,6 +545,13 @@ class ResNet(keras.layers.Layer):
             setattr(self, f"block_group{g + 1}", BlockGroup(blocks, name=f"block_group{g + 1}"))
         self.output_width = self._width(512) * block_cls.expansion
 
+    @property
+    def stem_extra(self) -> list[tuple[keras.layers.Layer, keras.layers.Layer]]:
+        """ResNet-D's first two stem convolutions with their norms (else empty)."""
+        if not self.resnet_d_stem:
+            return []
+        return [(self.stem_conv_a, self.stem_norm_a), (self.stem_conv_b, self.stem_norm_b)]
+
     def _width(self, channels: int) -> int:
         return max(1, int(round(channels * self.width_multiplier)))
 
@@ -361,12 +562,16 @@ class ResNet(keras.layers.Layer):
     @property
     def stages(self) -> list[list[keras.layers.Layer]]:
         """Layers of the stem (stage 0) and of block groups 1-4 (stages 1-4)."""
-        stem = [self.stem_conv, self.stem_norm]
+        stem = [layer for pair in self.stem_extra for layer in pair]
+        stem += [self.stem_conv, self.stem_norm]
         return [stem] + [[group] for group in self.block_groups]
 
     def call(self, inputs, training=None):
         outputs = {}
-        x = self.stem_conv(inputs)
+        x = inputs
+        for conv, norm in self.stem_extra:
+            x = keras.ops.relu(norm(conv(x), training=training))
+        x = self.stem_conv(x)
         x = keras.ops.relu(self.stem_norm(x, training=training))
         outputs["initial_conv"] = x
         if self.stem_pool is not None:

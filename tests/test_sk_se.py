@@ -1,0 +1,157 @@
+"""SimCLRv2's encoder variants: selective kernels (with ResNet-D) and squeeze-excitation."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from simclr_tf2.models.resnet import ResNet, SelectiveKernelConv2D, SqueezeExcitation
+from simclr_tf2.models.simclr import SimCLRModel
+
+
+def n_params(layer) -> int:
+    return sum(int(np.prod(v.shape)) for v in layer.trainable_variables)
+
+
+def images(n=2, size=16, seed=0):
+    return np.random.default_rng(seed).uniform(size=(n, size, size, 3)).astype(np.float32)
+
+
+@pytest.mark.parametrize("strides", [1, 2])
+def test_selective_kernel_shapes_and_attention_sums_to_one_over_branches(strides):
+    sk = SelectiveKernelConv2D(24, strides, sk_ratio=0.0625, min_dim=8, global_bn=False)
+    x = tf.constant(np.random.default_rng(1).normal(size=(3, 9, 9, 16)), tf.float32)
+    y = sk(x, training=True)
+    side = 9 if strides == 1 else 5
+    assert y.shape == (3, side, side, 24)
+    a, b = sk.branches(x, training=True)
+    weights = sk.attention(a, b, training=True).numpy()
+    assert weights.shape == (3, 2, 24)
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-6)
+    assert np.all(weights > 0)
+    # The output is the attention-weighted mix of the branches.
+    mix = a * weights[:, None, None, 0] + b * weights[:, None, None, 1]
+    np.testing.assert_allclose(y, mix, atol=1e-5)
+    # Attention descriptor: max(24 * 0.0625, min_dim=8) = 8 units.
+    assert sk.reduce.kernel.shape == (24, 8)
+
+
+def test_the_second_branch_is_dilated_also_when_strided():
+    sk = SelectiveKernelConv2D(4, 2, global_bn=False)
+    x = tf.constant(np.random.default_rng(2).normal(size=(1, 11, 11, 3)), tf.float32)
+    sk(x, training=False)
+    kernel = sk.conv_dilated.kernel
+    # A dilated (rate 2) 3x3 convolution at stride 1, sampled at even positions.
+    dilated = tf.nn.conv2d(x, kernel, 1, "SAME", dilations=2)[:, ::2, ::2, :]
+    np.testing.assert_allclose(sk.conv_dilated(x[:, ::2, ::2, :]), dilated, atol=1e-5)
+    # At stride 1 the layer itself is dilated.
+    assert SelectiveKernelConv2D(4, 1).conv_dilated.dilation_rate == (2, 2)
+
+
+def test_squeeze_excitation_gates_channels_in_zero_one():
+    se = SqueezeExcitation(filters=16, se_ratio=0.25)
+    x = tf.constant(np.random.default_rng(3).uniform(0.5, 1.0, size=(2, 5, 5, 64)), tf.float32)
+    y = se(x).numpy()
+    assert y.shape == x.shape
+    gate = y / x.numpy()
+    assert np.all((gate > 0) & (gate < 1))
+    # One gate per image and channel, the same at every position.
+    np.testing.assert_allclose(gate, np.broadcast_to(gate[:, :1, :1, :], gate.shape), rtol=1e-5)
+    reduced = 4  # 16 * 0.25
+    assert n_params(se) == 64 * reduced + reduced + reduced * 64 + 64
+
+
+@pytest.fixture
+def zero_initialisers(monkeypatch):
+    """Fast construction of very large models: every initialiser returns zeros."""
+
+    def zeros(self, shape, dtype=None):
+        return keras.ops.zeros(shape, dtype=dtype or "float32")
+
+    for cls in (keras.initializers.VarianceScaling, keras.initializers.RandomNormal):
+        monkeypatch.setattr(cls, "__call__", zeros)
+
+
+@pytest.mark.parametrize(
+    "depth, width, expected",
+    [
+        # SimCLRv2 (Chen et al., 2020b), Table 1: R50 (1x)+SK 35M, R152 (3x)+SK 795M.
+        (50, 1, 35e6),
+        (152, 3, 795e6),
+    ],
+)
+def test_sk_parameter_counts_match_simclrv2(depth, width, expected, zero_initialisers):
+    model = ResNet(depth, width, sk_ratio=0.0625, global_bn=False)
+    outputs = model(keras.KerasTensor((1, 64, 64, 3)))  # creates the weights, computes nothing
+    assert outputs["final_avg_pool"].shape == (1, 2048 * width)
+    assert n_params(model) == pytest.approx(expected, rel=0.01)
+
+
+def test_sk_imagenet_stem_is_resnet_d_and_shortcuts_average_pool():
+    model = ResNet(50, 0.25, sk_ratio=0.0625, global_bn=False)
+    outputs = model(images(size=64))
+    assert outputs["initial_conv"].shape == (2, 32, 32, 16)
+    assert outputs["initial_max_pool"].shape == (2, 16, 16, 16)
+    assert outputs["final_avg_pool"].shape == (2, 512)
+    stem_kernels = [v.shape for v in model.variables if "initial_conv" in v.path]
+    assert stem_kernels == [(3, 3, 3, 8), (3, 3, 8, 8), (3, 3, 8, 16)]
+    block = model.block_group2.block_0
+    assert block.shortcut_pool is not None and block.shortcut_conv.strides == 1
+    assert model.block_group1.block_0.shortcut_pool is None  # stride 1: no pool
+    # The stem's five layers are one stage (frozen together by fine_tune_after_block=0).
+    assert len(model.stages[0]) == 6
+
+
+@pytest.mark.parametrize(
+    "depth, sk_ratio, se_ratio",
+    [(18, 0.0625, 0.25), (34, 0.0625, 0.0), (50, 0.0, 0.25), (50, 0.0625, 0.25)],
+)
+def test_every_depth_with_sk_and_se_trains(depth, sk_ratio, se_ratio):
+    model = SimCLRModel(
+        num_classes=3,
+        resnet_depth=depth,
+        width_multiplier=0.125,
+        cifar_stem=True,
+        sk_ratio=sk_ratio,
+        se_ratio=se_ratio,
+        global_bn=False,
+        proj_out_dim=8,
+        num_proj_layers=2,
+    )
+    x = np.concatenate([images(4, 16), images(4, 16, seed=1)], axis=-1)
+    y = np.array([0, 1, 2, 0])
+    model.compile(optimizer=keras.optimizers.SGD(0.05))
+    with tf.GradientTape() as tape:
+        loss = model.compute_losses(tf.constant(x), tf.constant(y), training=True)["total_loss"]
+    grads = tape.gradient(loss, model.trainable_variables)
+    missing = [v.path for v, g in zip(model.trainable_variables, grads, strict=True) if g is None]
+    assert not missing  # every SK / SE weight is on the loss path
+    sk_layers = [la for la in model._flatten_layers() if isinstance(la, SelectiveKernelConv2D)]
+    se_layers = [la for la in model._flatten_layers() if isinstance(la, SqueezeExcitation)]
+    blocks = {18: 8, 34: 16, 50: 16}[depth]
+    assert len(sk_layers) == (blocks if sk_ratio else 0)
+    assert len(se_layers) == (blocks if se_ratio else 0)
+    history = model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    assert np.isfinite(history.history["total_loss"][-1])
+
+
+def test_sk_se_config_round_trip_and_checkpoint(tmp_path):
+    kwargs = dict(resnet_depth=18, width_multiplier=0.125, cifar_stem=True, global_bn=False)
+    model = SimCLRModel(num_classes=None, sk_ratio=0.0625, se_ratio=0.25, **kwargs)
+    model.build((None, 16, 16, 3))
+    clone = SimCLRModel.from_config(model.get_config())
+    clone.build((None, 16, 16, 3))
+    assert clone.get_config() == model.get_config()
+    path = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
+    tf.train.Checkpoint(model=clone).restore(path).assert_existing_objects_matched()
+    x = images(2, 16)
+    np.testing.assert_allclose(
+        clone(x)["final_avg_pool"], model(x)["final_avg_pool"], rtol=1e-5, atol=1e-6
+    )
+
+
+def test_bad_ratios():
+    with pytest.raises(ValueError, match="sk_ratio=1.5"):
+        ResNet(50, sk_ratio=1.5)
+    with pytest.raises(ValueError, match="se_ratio=-0.1"):
+        ResNet(50, se_ratio=-0.1)
