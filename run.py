@@ -24,10 +24,17 @@ _HELP = {
     # What to run.
     "mode": "train, eval (watch --model_dir and evaluate each new checkpoint until the last "
     "step) or train_then_eval.",
-    "train_mode": "pretrain (contrastive) or finetune (supervised, from --checkpoint).",
+    "train_mode": "pretrain (contrastive), finetune (supervised, from --checkpoint) or distill "
+    "(a student learns the --teacher's predictions; SimCLRv2).",
     "model_dir": "Where checkpoints, TensorBoard events and results go (re-run to resume).",
     "checkpoint": "Where to start from: a checkpoint prefix, a directory of checkpoints, or an "
     "exported SavedModel (model_dir/saved_model/<step>).",
+    "teacher": "--train_mode=distill: the fine-tuned teacher, a model_dir, a checkpoint prefix "
+    "or a SavedModel export; it labels every training image.",
+    "distill_temperature": "Temperature of the teacher's and the student's softmax when "
+    "distilling.",
+    "distill_label_weight": "Weight of the supervised loss on true labels added to the "
+    "distillation loss (0 = teacher only; the data may then be unlabelled).",
     # Data.
     "dataset": "'digits' (embedded, no download), a .npz file, an image folder, or a "
     "prepared TFDS name.",
@@ -66,14 +73,16 @@ _HELP = {
     # Model.
     "resnet_depth": "ResNet depth: 18, 34, 50, 101, 152 or 200.",
     "width_multiplier": "ResNet width multiplier (1, 2, 4, or 0.25 / 0.5 for small runs).",
-    "sk_ratio": "Selective-kernel ratio (SimCLRv2); 0 = off.",
+    "sk_ratio": "Selective-kernel ratio (SimCLRv2: 0.0625); also a ResNet-D stem and "
+    "average-pool shortcuts. 0 = off.",
     "se_ratio": "Squeeze-excitation ratio (SimCLRv2); 0 = off.",
     "global_bn": "Synchronise batch norm statistics across replicas.",
     "batch_norm_decay": "Momentum of the batch norm moving statistics.",
     "proj_head_mode": "Projection head: none, linear or nonlinear.",
     "proj_out_dim": "Width of the projection z.",
     "num_proj_layers": "Layers of the nonlinear projection head.",
-    "ft_proj_selector": "Head layer feeding the supervised head when fine-tuning (0 = h).",
+    "ft_proj_selector": "Head layer feeding the supervised head when fine-tuning or "
+    "distilling (0 = h; SimCLRv2 uses 1 of a 3-layer head).",
     "temperature": "NT-Xent temperature.",
     "hidden_norm": "L2-normalise projections in the loss (cosine similarity).",
     "lineareval_while_pretraining": "Train a linear head on stop_gradient(h) while pretraining.",

@@ -20,7 +20,7 @@ from simclr_tf2.optim import OPTIMIZERS
 from simclr_tf2.optim.schedules import SCALINGS
 
 MODES = ("train", "eval", "train_then_eval")
-TRAIN_MODES = ("pretrain", "finetune")
+TRAIN_MODES = ("pretrain", "finetune", "distill")
 PRECISIONS = ("none", "mixed_bfloat16", "mixed_float16")
 
 
@@ -50,6 +50,10 @@ class Config:
     train_mode: str = "pretrain"
     model_dir: str | None = None
     checkpoint: str | None = None
+    # Distillation (SimCLRv2): the teacher and its loss.
+    teacher: str | None = None
+    distill_temperature: float = 1.0
+    distill_label_weight: float = 0.0
     # Data.
     dataset: str = "imagenet2012"
     data_dir: str | None = None
@@ -202,6 +206,19 @@ def validate(config: Config, num_replicas: int = 1) -> Config:
             c.checkpoint,
             "--train_mode=finetune needs --checkpoint (a pretrained checkpoint or SavedModel).",
         )
+    if c.train_mode == "distill" and c.mode != "eval" and not c.teacher:
+        _fail(
+            "teacher",
+            c.teacher,
+            "--train_mode=distill needs --teacher (a fine-tuned model_dir, checkpoint or "
+            "SavedModel whose supervised head labels the images).",
+        )
+    if c.teacher and c.train_mode != "distill":
+        _fail("teacher", c.teacher, "only applies with --train_mode=distill.")
+    if c.distill_temperature <= 0:
+        _fail("distill_temperature", c.distill_temperature, "must be positive (1.0 is usual).")
+    if c.distill_label_weight < 0:
+        _fail("distill_label_weight", c.distill_label_weight, "must be >= 0 (0 = teacher only).")
     if c.proj_head_mode == "nonlinear" and c.num_proj_layers < 1:
         _fail("num_proj_layers", c.num_proj_layers, "a nonlinear head needs at least 1 layer.")
     max_selector = num_head_outputs(c.proj_head_mode, c.num_proj_layers)

@@ -85,3 +85,29 @@ def nt_xent(
     )
     loss = tf.reduce_mean(loss_a + loss_b)
     return loss, logits_ab, labels
+
+
+def distillation_loss(
+    student_logits: tf.Tensor, teacher_logits: tf.Tensor, temperature: float
+) -> tf.Tensor:
+    """SimCLRv2's distillation loss: cross-entropy to the teacher's softened labels.
+
+    `mean over the batch of -sum_y softmax(teacher / T)_y * log softmax(student / T)_y`
+    (Chen et al., 2020b, eq. 3), with no gradient into the teacher. Its minimum
+    over the student is the teacher's entropy at T, reached when the student's
+    distribution equals the teacher's.
+
+    Args:
+        student_logits: (n, classes).
+        teacher_logits: (n, classes).
+        temperature: T > 0; higher softens both distributions.
+    """
+    student = tf.convert_to_tensor(student_logits)
+    if student.dtype in (tf.float16, tf.bfloat16):
+        student = tf.cast(student, tf.float32)
+    teacher = tf.stop_gradient(tf.cast(teacher_logits, student.dtype))
+    inv_t = tf.cast(1.0 / temperature, student.dtype)
+    targets = tf.nn.softmax(teacher * inv_t, axis=-1)
+    return tf.reduce_mean(
+        tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=student * inv_t)
+    )

@@ -1,8 +1,10 @@
-"""A whole run from one Config: train / eval / train_then_eval, pretrain / finetune.
+"""A whole run from one Config: train / eval / train_then_eval, pretrain / finetune /
+distill.
 
 `run(config)` loads the data, builds the model under the strategy, resumes
 from the newest checkpoint in `model_dir` (or starts fine-tuning from
-`config.checkpoint`), trains with `model.fit`, saves checkpoints every
+`config.checkpoint`; a distillation student also loads its `config.teacher`),
+trains with `model.fit`, saves checkpoints every
 `checkpoint_steps` / `checkpoint_epochs`, evaluates, and writes
 `config.json`, `result.json` and `result_<step>.json` into `model_dir`.
 """
@@ -136,7 +138,73 @@ def build_model(config: Config, num_classes: int | None) -> SimCLRModel:
         fine_tune_after_block=config.fine_tune_after_block,
         weight_decay=config.weight_decay,
         zero_init_logits_layer=config.zero_init_logits_layer,
+        distill_temperature=config.distill_temperature,
+        distill_label_weight=config.distill_label_weight,
     )
+
+
+def _classes_in_checkpoint(prefix: str) -> int | None:
+    for name, shape in tf.train.list_variables(prefix):
+        if "supervised_head/kernel" in name and len(shape) == 2:
+            return int(shape[1])
+    return None
+
+
+def load_teacher(path: str):
+    """(teacher, num_classes, where) for `--teacher`: a fine-tuned model_dir, checkpoint
+    prefix or SavedModel whose supervised head labels images (call inside the strategy's
+    scope). `teacher(images)` returns its logits; it is never trained.
+
+    A checkpoint (or a model_dir's newest one) is rebuilt from the config.json beside it;
+    otherwise the newest export under `path` is loaded.
+    """
+    prefix = _latest(path)
+    if prefix is not None:
+        config_path = os.path.join(os.path.dirname(prefix), "config.json")
+        if not tf.io.gfile.exists(config_path):
+            raise ConfigError(
+                f"--teacher={path}: no config.json beside {prefix} to rebuild the teacher "
+                "from; give its model_dir or its SavedModel export instead."
+            )
+        num_classes = _classes_in_checkpoint(prefix)
+        if not num_classes:
+            raise ConfigError(
+                f"--teacher={path}: {prefix} has no supervised head to label images with; "
+                "use a fine-tuned model (--train_mode=finetune) as the teacher."
+            )
+        with tf.io.gfile.GFile(config_path) as f:
+            teacher_config = Config(**json.load(f))
+        model = build_model(teacher_config, num_classes)
+        model.build((None, teacher_config.image_size, teacher_config.image_size, 3))
+        status = tf.train.Checkpoint(model=model).restore(prefix).expect_partial()
+        try:
+            status.assert_existing_objects_matched()
+        except AssertionError as error:
+            raise ConfigError(
+                f"--teacher={path}: {prefix} does not match the model its config.json "
+                f"describes: {str(error).splitlines()[0][:200]}"
+            ) from None
+        model.trainable = False
+        return (lambda images: model(images, training=False)["logits_sup"]), num_classes, prefix
+    export = latest_export(path)
+    if export is None:
+        raise ConfigError(
+            f"--teacher={path}: no checkpoint or SavedModel there (give a fine-tuned model_dir, "
+            "a prefix such as model_dir/ckpt-1000, or model_dir/saved_model/<step>)."
+        )
+    loaded = tf.saved_model.load(export)
+    paths = [p.decode() for p in loaded.variable_paths.numpy()]
+    kernels = [
+        v
+        for p, v in zip(paths, loaded.variables, strict=True)
+        if p.endswith("head_supervised/kernel")
+    ]
+    if not kernels:
+        raise ConfigError(
+            f"--teacher={path}: the export {export} has no supervised head (logits_sup); use "
+            "a fine-tuned model as the teacher."
+        )
+    return (lambda images: loaded.serve(images)["logits_sup"]), int(kernels[0].shape[1]), export
 
 
 def _check_image_size(config: Config, source: Source) -> None:
@@ -229,7 +297,13 @@ class _Progress(keras.callbacks.Callback):
         parts = [f"step {step}/{self.total_steps} ({100.0 * step / self.total_steps:.0f}%)"]
         parts += [
             f"{key} {float(logs[key]):.4g}"
-            for key in ("total_loss", "contrast_acc", "supervised_acc", "learning_rate")
+            for key in (
+                "total_loss",
+                "contrast_acc",
+                "supervised_acc",
+                "teacher_agreement",
+                "learning_rate",
+            )
             if key in logs
         ]
         parts.append(f"{logs['pairs_per_s']:.1f} pairs/s")
@@ -353,15 +427,15 @@ def _export(model: SimCLRModel, config: Config, out_dir: str | None = None) -> s
 def _initialise(model: SimCLRModel, config: Config) -> str:
     """Loads `config.checkpoint` (prefix, directory or SavedModel) into `model`.
 
-    Fine-tuning takes the encoder and projection head (a new supervised head);
-    pretraining and evaluation take every weight there is.
+    Fine-tuning and distillation take the encoder and projection head (a new
+    supervised head); pretraining and evaluation take every weight there is.
     """
     layers = [model.encoder, model.projection_head]
     if config.train_mode == "pretrain" and model.supervised_head is not None:
         layers.append(model.supervised_head)
     path = _latest(config.checkpoint)
     if path is not None:
-        if config.train_mode == "finetune":
+        if config.train_mode != "pretrain":
             parts = tf.train.Checkpoint(
                 encoder=model.encoder, projection_head=model.projection_head
             )
@@ -462,6 +536,8 @@ def run(config: Config, eval_dataset: str | None = None, strategy=None) -> dict 
         _check_image_size(config, train_source)
         if training and config.train_mode == "finetune":
             train_source.require_classes("fine-tuning")
+        elif training and config.train_mode == "distill" and config.distill_label_weight:
+            train_source.require_classes("--distill_label_weight")
         elif (
             training
             and config.lineareval_while_pretraining
@@ -484,7 +560,7 @@ def run(config: Config, eval_dataset: str | None = None, strategy=None) -> dict 
         linear_head = config.lineareval_while_pretraining and (
             train_source is None or train_source.num_classes is not None
         )
-        if config.train_mode == "finetune" or linear_head:
+        if config.train_mode != "pretrain" or linear_head:
             eval_source.require_classes("evaluation (--eval_split)")
         _check_image_size(config, eval_source)
     knn_queries = None
@@ -512,8 +588,20 @@ def run(config: Config, eval_dataset: str | None = None, strategy=None) -> dict 
     )
 
     with strategy.scope(), _dtype_policy(config.mixed_precision):
+        teacher = None
+        if config.train_mode == "distill" and training:
+            teacher, teacher_classes, where = load_teacher(config.teacher)
+            if num_classes and num_classes != teacher_classes:
+                raise ConfigError(
+                    f"--teacher={config.teacher}: it predicts {teacher_classes} classes, but "
+                    f"{config.dataset} has {num_classes}; distil on data of the teacher's task."
+                )
+            num_classes = teacher_classes
+            logging.info("Teacher: %s (%d classes).", where, teacher_classes)
         model = build_model(config, num_classes)
         model.build((None, config.image_size, config.image_size, 3))
+        if teacher is not None:
+            model.set_teacher(teacher)
         schedule = WarmUpAndCosineDecay(
             config.learning_rate,
             config.train_batch_size,
@@ -615,7 +703,8 @@ def _train_and_evaluate(
             train_source,
             config.train_batch_size,
             image_size=config.image_size,
-            mode=config.train_mode,
+            # A student sees what a fine-tuned model sees: crop + flip.
+            mode="pretrain" if config.train_mode == "pretrain" else "finetune",
             color_jitter_strength=config.color_jitter_strength,
             use_blur=config.use_blur,
             # A resumed run continues with new views rather than repeating the first ones.

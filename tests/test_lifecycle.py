@@ -216,6 +216,35 @@ def test_finetune_runs_from_a_checkpoint_and_from_an_export(pretrained, tmp_path
             assert os.listdir(os.path.join(out, "saved_model")) == ["10"]
 
 
+def test_linear_eval_recipe_trains_the_classifier_only(pretrained, tmp_path):
+    import tensorflow as tf
+
+    out = str(tmp_path / "linear")
+    proc = run(
+        f"--flagfile={os.path.join(RECIPES, 'linear_eval.flags')}",
+        f"--checkpoint={pretrained[0]}",
+        "--train_steps=10",
+        f"--model_dir={out}",
+        *TINY,
+        "--learning_rate=0.1",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.load(open(os.path.join(out, "result.json")))
+    assert 0 <= result["top_1_accuracy"] <= result["top_5_accuracy"] <= 1
+    before = tf.train.load_checkpoint(os.path.join(pretrained[0], "ckpt-20"))
+    after = tf.train.load_checkpoint(os.path.join(out, "ckpt-10"))
+    encoder = [
+        n
+        for n in after.get_variable_to_shape_map()
+        if n.startswith("model/encoder/") and "OPTIMIZER_SLOT" not in n
+    ]
+    assert len(encoder) > 50
+    for name in encoder:  # weights and batch-norm statistics: frozen
+        np.testing.assert_array_equal(after.get_tensor(name), before.get_tensor(name), name)
+    head = [n for n in after.get_variable_to_shape_map() if "supervised_head/kernel" in n]
+    assert head and np.any(after.get_tensor(head[0]) != 0)  # zero-initialised, then trained
+
+
 def test_eval_mode_on_a_finished_model_dir(pretrained, tmp_path):
     model_dir = _copy(pretrained[0], tmp_path)
     os.remove(os.path.join(model_dir, "result.json"))
@@ -307,7 +336,20 @@ def test_recipe_flagfiles_parse_and_validate(name):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     config = json.loads(proc.stdout)
-    if name.startswith("imagenet"):
+    if name.startswith("simclrv2"):
+        assert config["sk_ratio"] == 0.0625 and config["num_proj_layers"] == 3
+        assert config["learning_rate_scaling"] == "sqrt"
+        step = name.split("_")[1]
+        assert config["train_mode"] == {"r152": "pretrain", "finetune": "finetune"}.get(
+            step, "distill"
+        )
+        if config["train_mode"] != "pretrain":
+            assert config["ft_proj_selector"] == 1
+    elif name == "linear_eval.flags":
+        assert (config["train_mode"], config["fine_tune_after_block"]) == ("finetune", 4)
+        assert (config["optimizer"], config["weight_decay"]) == ("momentum", 0.0)
+        assert config["ft_proj_selector"] == 0 and config["train_epochs"] == 90
+    elif name.startswith("imagenet"):
         assert (config["train_batch_size"], config["learning_rate"]) == (4096, 0.3)
         assert (config["temperature"], config["weight_decay"], config["resnet_depth"]) == (
             0.1,

@@ -12,12 +12,20 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from simclr_tf2.losses import nt_xent
+from simclr_tf2.losses import distillation_loss, nt_xent
 from simclr_tf2.models.heads import ProjectionHead, num_head_outputs, supervised_head
 from simclr_tf2.models.resnet import BATCH_NORM_EPSILON, ResNet
 from simclr_tf2.optim.lars import LARS
 
-TRAIN_MODES = ("pretrain", "finetune")
+TRAIN_MODES = ("pretrain", "finetune", "distill")
+
+
+class _Untracked:
+    """Holds the teacher out of Keras's and tf.train.Checkpoint's tracking: its
+    weights are neither the student's variables nor saved in its checkpoints."""
+
+    def __init__(self, fn):
+        self.fn = fn
 
 
 def _l2_loss(variable) -> tf.Tensor:
@@ -49,9 +57,15 @@ class SimCLRModel(keras.Model):
     (B, H, W, 3) tensors; they are stacked on the batch axis. In fine-tuning,
     and for evaluation, x is (B, H, W, 3). Pixels are floats in [0, 1].
 
+    In distillation (SimCLRv2's third step), x is (B, H, W, 3) and a teacher
+    (`set_teacher`) labels it: the loss is the cross-entropy from the student's
+    supervised head to the teacher's distribution at `distill_temperature`,
+    plus `distill_label_weight` times the supervised loss when that weight is
+    positive (labels needed then; otherwise labels are ignored in training).
+
     Args:
         num_classes: classes of the supervised head; None for no head.
-        train_mode: "pretrain" or "finetune".
+        train_mode: "pretrain", "finetune" or "distill".
         resnet_depth, width_multiplier, cifar_stem, sk_ratio, se_ratio: the
             encoder (see `ResNet`).
         global_bn: synchronised batch norm in the encoder and the heads.
@@ -72,6 +86,8 @@ class SimCLRModel(keras.Model):
             l2(supervised kernel)` to the loss; with any other optimizer the
             model adds it for every non-batch-norm weight (the paper's code).
         zero_init_logits_layer: start the supervised head at zero.
+        distill_temperature: T of the distillation loss.
+        distill_label_weight: weight of the supervised loss on labels when distilling.
     """
 
     def __init__(
@@ -96,14 +112,20 @@ class SimCLRModel(keras.Model):
         fine_tune_after_block: int = -1,
         weight_decay: float = 0.0,
         zero_init_logits_layer: bool = False,
+        distill_temperature: float = 1.0,
+        distill_label_weight: float = 0.0,
         **kwargs,
     ):
         kwargs.setdefault("name", "simclr_model")
         super().__init__(**kwargs)
         if train_mode not in TRAIN_MODES:
             raise ValueError(f"train_mode={train_mode!r} is not one of {TRAIN_MODES}.")
-        if train_mode == "finetune" and not num_classes:
-            raise ValueError("train_mode='finetune' needs num_classes (a supervised head).")
+        if train_mode != "pretrain" and not num_classes:
+            raise ValueError(f"train_mode={train_mode!r} needs num_classes (a supervised head).")
+        if distill_temperature <= 0:
+            raise ValueError(f"distill_temperature={distill_temperature} must be positive.")
+        if distill_label_weight < 0:
+            raise ValueError(f"distill_label_weight={distill_label_weight} must be >= 0.")
         if not -1 <= fine_tune_after_block <= 4:
             raise ValueError(f"fine_tune_after_block={fine_tune_after_block} must be in [-1, 4].")
         if train_mode == "pretrain" and fine_tune_after_block != -1:
@@ -142,6 +164,9 @@ class SimCLRModel(keras.Model):
         self.fine_tune_after_block = fine_tune_after_block
         self.weight_decay = weight_decay
         self.zero_init_logits_layer = zero_init_logits_layer
+        self.distill_temperature = distill_temperature
+        self.distill_label_weight = distill_label_weight
+        self._teacher = _Untracked(None)
 
         bn_args = dict(
             global_bn=global_bn,
@@ -161,9 +186,9 @@ class SimCLRModel(keras.Model):
             proj_head_mode, proj_out_dim, num_proj_layers, name="projection_head", **bn_args
         )
         self.supervised_head = None
-        if num_classes and (train_mode == "finetune" or lineareval_while_pretraining):
+        if num_classes and (train_mode != "pretrain" or lineareval_while_pretraining):
             self.supervised_head = supervised_head(num_classes, zero_init_logits_layer)
-        if train_mode == "finetune":
+        if train_mode != "pretrain":
             for stage in self.encoder.stages[: fine_tune_after_block + 1]:
                 for layer in stage:
                     layer.trainable = False
@@ -179,6 +204,8 @@ class SimCLRModel(keras.Model):
         self.supervised_top5_tracker = mean(name="supervised_top5_acc")
         self.weight_decay_tracker = mean(name="weight_decay")
         self.total_loss_tracker = mean(name="total_loss")
+        self.distill_loss_tracker = mean(name="distill_loss")
+        self.teacher_agreement_tracker = mean(name="teacher_agreement")
 
     @property
     def metrics(self):
@@ -191,7 +218,19 @@ class SimCLRModel(keras.Model):
             self.supervised_top5_tracker,
             self.weight_decay_tracker,
             self.total_loss_tracker,
+            self.distill_loss_tracker,
+            self.teacher_agreement_tracker,
         ]
+
+    def set_teacher(self, teacher) -> None:
+        """The teacher of `train_mode='distill'`: a callable from images (B, H, W, 3)
+        to logits (B, num_classes), e.g. a fine-tuned SimCLRModel's
+        `lambda x: model(x)["logits_sup"]`. Not part of the student's weights."""
+        self._teacher = _Untracked(teacher)
+
+    @property
+    def teacher(self):
+        return self._teacher.fn
 
     # ----------------------------------------------------------------- forward
 
@@ -234,7 +273,9 @@ class SimCLRModel(keras.Model):
         """Returns the named outputs of the network on `inputs`.
 
         The dict has the encoder's block outputs and `final_avg_pool` (h),
-        `proj_head_output` (z) and, with a supervised head, `logits_sup`. Two
+        `proj_head_output` (z), the output of each head layer i as
+        `proj_head_layer_<i>` (the last one is z) and, with a supervised head,
+        `logits_sup`. Two
         views are stacked on the batch axis first (view 1 rows, then view 2).
         """
         images = self.stack_views(inputs)
@@ -242,6 +283,8 @@ class SimCLRModel(keras.Model):
         h = outputs["final_avg_pool"]
         z, hiddens = self.projection_head(h, training=training)
         outputs["proj_head_output"] = z
+        for i, hidden in enumerate(hiddens[1:], start=1):
+            outputs[f"proj_head_layer_{i}"] = hidden
         if self.supervised_head is not None:
             if self.train_mode == "pretrain":
                 # Linear evaluation while pretraining must not shape the encoder.
@@ -293,9 +336,11 @@ class SimCLRModel(keras.Model):
 
         Returns a dict with `total_loss` and the terms that apply:
         `contrast_loss` (+ `contrast_acc`, `contrast_entropy`) for two-view
-        inputs, `supervised_loss` and `logits_sup`/`sup_labels` when labels and
-        a supervised head are there, `weight_decay`, and `batch_size` (the
-        images through the encoder, for averaging over replicas).
+        inputs, `distill_loss` (+ `teacher_agreement`, the fraction of images
+        whose top class is the teacher's) when distilling, `supervised_loss`
+        and `logits_sup`/`sup_labels` when labels and a supervised head are
+        there, `weight_decay`, and `batch_size` (the images through the
+        encoder, for averaging over replicas).
         """
         two_views = isinstance(x, (tuple, list)) or x.shape[-1] == 6
         outputs = self(x, training=training)
@@ -304,6 +349,15 @@ class SimCLRModel(keras.Model):
         if two_views and self.train_mode == "pretrain":
             loss, stats = self._contrastive_terms(outputs)
             terms.update(contrast_loss=loss, **stats)
+            total += loss
+        if self.train_mode == "distill" and self.teacher is not None:
+            student = tf.cast(outputs["logits_sup"], self.loss_dtype)
+            teacher = tf.cast(self.teacher(self.stack_views(x)), self.loss_dtype)
+            loss = distillation_loss(student, teacher, self.distill_temperature)
+            agree = tf.equal(tf.argmax(student, axis=1), tf.argmax(teacher, axis=1))
+            terms.update(
+                distill_loss=loss, teacher_agreement=tf.reduce_mean(tf.cast(agree, loss.dtype))
+            )
             total += loss
         if y is not None and self.supervised_head is not None:
             logits = tf.cast(outputs["logits_sup"], self.loss_dtype)
@@ -314,7 +368,9 @@ class SimCLRModel(keras.Model):
                 tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
             )
             terms.update(supervised_loss=sup_loss, logits_sup=logits, sup_labels=labels)
-            total += sup_loss
+            weight = self.distill_label_weight if self.train_mode == "distill" else 1.0
+            if weight:
+                total += weight * sup_loss
         wd = self.weight_decay_loss()
         terms["weight_decay"] = wd
         terms["total_loss"] = total + wd
@@ -337,6 +393,8 @@ class SimCLRModel(keras.Model):
             "supervised_loss": self.supervised_loss_tracker,
             "weight_decay": self.weight_decay_tracker,
             "total_loss": self.total_loss_tracker,
+            "distill_loss": self.distill_loss_tracker,
+            "teacher_agreement": self.teacher_agreement_tracker,
         }
         keys = [key for key in trackers if key in terms]
         size = tf.cast(terms["batch_size"], tf.float32)
@@ -367,6 +425,11 @@ class SimCLRModel(keras.Model):
 
     def train_step(self, data):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        if self.train_mode == "distill":
+            if self.teacher is None:
+                raise ValueError("train_mode='distill' needs a teacher: call set_teacher() first.")
+            if not self.distill_label_weight:
+                y = None  # the teacher's labels only; the data may be unlabelled
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
             terms = self.compute_losses(x, y, training=True)
@@ -415,6 +478,8 @@ class SimCLRModel(keras.Model):
                 "fine_tune_after_block": self.fine_tune_after_block,
                 "weight_decay": self.weight_decay,
                 "zero_init_logits_layer": self.zero_init_logits_layer,
+                "distill_temperature": self.distill_temperature,
+                "distill_label_weight": self.distill_label_weight,
             }
         )
         return config
