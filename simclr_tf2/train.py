@@ -145,7 +145,8 @@ def build_model(config: Config, num_classes: int | None) -> SimCLRModel:
 
 def _classes_in_checkpoint(prefix: str) -> int | None:
     for name, shape in tf.train.list_variables(prefix):
-        if "supervised_head/kernel" in name and len(shape) == 2:
+        # Keras 3's Dense saves its kernel as `_kernel`.
+        if re.search(r"supervised_head/_?kernel/", name) and len(shape) == 2:
             return int(shape[1])
     return None
 

@@ -1,14 +1,9 @@
 """SimCLRv2's third step: distillation into a student, in the model and through run.py."""
 
-import json
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_lifecycle import PRETRAIN, pretrained  # noqa: F401 (a fixture)
 from test_run import TINY, run
 
 from simclr_tf2.losses import distillation_loss
@@ -123,80 +118,6 @@ def test_distill_without_a_teacher_says_so():
         model.fit(np.zeros((4, 8, 8, 3), np.float32), np.zeros(4), verbose=0)
 
 
-@pytest.fixture(scope="module")
-def finetuned(pretrained, tmp_path_factory):  # noqa: F811
-    """A fine-tuned teacher whose supervised head sits on the first head layer."""
-    model_dir = str(tmp_path_factory.mktemp("finetuned"))
-    proc = run(
-        "--mode=train_then_eval",
-        "--train_mode=finetune",
-        f"--checkpoint={pretrained[0]}",
-        "--ft_proj_selector=1",
-        "--train_steps=10",
-        f"--model_dir={model_dir}",
-        *TINY,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return model_dir
-
-
-def test_ft_proj_selector_1_head_is_on_the_first_head_layer_and_exported(finetuned):
-    loaded = tf.saved_model.load(os.path.join(finetuned, "saved_model", "10"))
-    images = np.random.default_rng(8).uniform(size=(4, 32, 32, 3)).astype(np.float32)
-    outputs = loaded(images, trainable=False)
-    assert {"proj_head_layer_1", "proj_head_layer_2", "proj_head_layer_3"} <= set(outputs)
-    paths = [p.decode() for p in loaded.variable_paths.numpy()]
-    by_path = dict(zip(paths, loaded.variables, strict=True))
-    kernel = by_path["head_supervised/kernel"].numpy()
-    bias = by_path["head_supervised/bias"].numpy()
-    hidden = outputs["proj_head_layer_1"].numpy()
-    assert kernel.shape[0] == hidden.shape[1]  # as wide as the first head layer (= h)
-    np.testing.assert_allclose(outputs["logits_sup"], hidden @ kernel + bias, atol=1e-4)
-
-
-def test_distill_runs_from_a_checkpoint_and_from_an_export(finetuned, pretrained, tmp_path):  # noqa: F811
-    teachers = {
-        # Self-distillation from the fine-tuned model_dir, on 2 replicas, with labels.
-        "ckpt": (
-            finetuned,
-            ["--num_logical_cpus=2", "--distill_label_weight=0.5", "--ft_proj_selector=1"],
-        ),
-        # A student that starts from the pretrained encoder, taught by the export
-        # (loaded into the strategy's scope: mirrored variables).
-        "export": (
-            os.path.join(finetuned, "saved_model", "10"),
-            ["--num_logical_cpus=2", f"--checkpoint={pretrained[0]}", "--distill_temperature=2.0"],
-        ),
-    }
-
-    def distill(item):
-        name, (teacher, extra) = item
-        out = str(tmp_path / name)
-        proc = run(
-            "--mode=train_then_eval",
-            "--train_mode=distill",
-            f"--teacher={teacher}",
-            "--train_steps=10",
-            f"--model_dir={out}",
-            *TINY,
-            *extra,
-        )
-        return name, out, proc
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        for name, out, proc in pool.map(distill, teachers.items()):
-            assert proc.returncode == 0, (name, proc.stderr[-3000:])
-            assert "Teacher: " in proc.stderr and "(10 classes)" in proc.stderr, name
-            result = json.load(open(os.path.join(out, "result.json")))
-            assert result["global_step"] == 10 and 0 <= result["top_1_accuracy"] <= 1
-            assert "distill_loss" in result
-            # The student's checkpoint holds the student only.
-            names = [n for n, _ in tf.train.list_variables(os.path.join(out, "ckpt-10"))]
-            own = [n for n in names if "head_supervised" in n or "supervised_head" in n]
-            assert len(own) >= 2 and len(names) < 2 * 400, name
-            assert os.listdir(os.path.join(out, "saved_model")) == ["10"]
-
-
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -216,22 +137,3 @@ def test_distill_mistakes_exit_2_with_one_line(tmp_path, args, message):
     proc = run("--mode=train", f"--model_dir={tmp_path}", "--train_steps=2", *TINY, *args)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr, proc.stderr[-2000:]
-
-
-def test_a_pretrained_model_without_head_is_not_a_teacher(pretrained, tmp_path):  # noqa: F811
-    # The pretraining run has a linear head (lineareval_while_pretraining): it can teach;
-    # a checkpoint directory without config.json cannot be rebuilt.
-    bare = tmp_path / "bare"
-    bare.mkdir()
-    for f in os.listdir(pretrained[0]):
-        if f.startswith("ckpt-20") or f == "checkpoint":
-            os.link(os.path.join(pretrained[0], f), bare / f)
-    proc = run(
-        "--mode=train",
-        "--train_mode=distill",
-        f"--teacher={bare}",
-        f"--model_dir={tmp_path}/s",
-        "--train_steps=2",
-        *TINY,
-    )
-    assert proc.returncode == 2 and "no config.json beside" in proc.stderr, proc.stderr[-2000:]

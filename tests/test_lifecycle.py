@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -241,7 +242,7 @@ def test_linear_eval_recipe_trains_the_classifier_only(pretrained, tmp_path):
     assert len(encoder) > 50
     for name in encoder:  # weights and batch-norm statistics: frozen
         np.testing.assert_array_equal(after.get_tensor(name), before.get_tensor(name), name)
-    head = [n for n in after.get_variable_to_shape_map() if "supervised_head/kernel" in n]
+    head = [n for n in after.get_variable_to_shape_map() if "supervised_head/_kernel/" in n]
     assert head and np.any(after.get_tensor(head[0]) != 0)  # zero-initialised, then trained
 
 
@@ -478,3 +479,105 @@ def test_terminal_progress_bar_shows_pairs_per_second(tmp_path):
     text = output.decode(errors="replace")
     # Keras's progress bar, with our throughput beside the losses and learning rate.
     assert "pairs_per_s:" in text and "contrast_acc:" in text and "learning_rate:" in text
+
+
+# ------------------------------------------------ SimCLRv2: from the head, distillation
+# (the distillation loss and model: tests/test_distill.py)
+
+
+@pytest.fixture(scope="module")
+def finetuned(pretrained, tmp_path_factory):
+    """A fine-tuned teacher whose supervised head sits on the first head layer."""
+    model_dir = str(tmp_path_factory.mktemp("finetuned"))
+    proc = run(
+        "--mode=train_then_eval",
+        "--train_mode=finetune",
+        f"--checkpoint={pretrained[0]}",
+        "--ft_proj_selector=1",
+        "--train_steps=10",
+        f"--model_dir={model_dir}",
+        *TINY,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return model_dir
+
+
+def test_ft_proj_selector_1_head_is_on_the_first_head_layer_and_exported(finetuned):
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(os.path.join(finetuned, "saved_model", "10"))
+    images = np.random.default_rng(8).uniform(size=(4, 32, 32, 3)).astype(np.float32)
+    outputs = loaded(images, trainable=False)
+    assert {"proj_head_layer_1", "proj_head_layer_2", "proj_head_layer_3"} <= set(outputs)
+    paths = [p.decode() for p in loaded.variable_paths.numpy()]
+    by_path = dict(zip(paths, loaded.variables, strict=True))
+    kernel = by_path["head_supervised/kernel"].numpy()
+    bias = by_path["head_supervised/bias"].numpy()
+    hidden = outputs["proj_head_layer_1"].numpy()
+    assert kernel.shape[0] == hidden.shape[1]  # as wide as the first head layer (= h)
+    np.testing.assert_allclose(outputs["logits_sup"], hidden @ kernel + bias, atol=1e-4)
+
+
+def test_distill_runs_from_a_checkpoint_and_from_an_export(finetuned, pretrained, tmp_path):
+    import tensorflow as tf
+
+    teachers = {
+        # Self-distillation from the fine-tuned model_dir, on 2 replicas, with labels.
+        "ckpt": (
+            finetuned,
+            ["--num_logical_cpus=2", "--distill_label_weight=0.5", "--ft_proj_selector=1"],
+        ),
+        # A student that starts from the pretrained encoder, taught by the export
+        # (loaded into the strategy's scope: mirrored variables).
+        "export": (
+            os.path.join(finetuned, "saved_model", "10"),
+            ["--num_logical_cpus=2", f"--checkpoint={pretrained[0]}", "--distill_temperature=2.0"],
+        ),
+    }
+
+    def distill(item):
+        name, (teacher, extra) = item
+        out = str(tmp_path / name)
+        proc = run(
+            "--mode=train_then_eval",
+            "--train_mode=distill",
+            f"--teacher={teacher}",
+            "--train_steps=10",
+            f"--model_dir={out}",
+            *TINY,
+            *extra,
+        )
+        return name, out, proc
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for name, out, proc in pool.map(distill, teachers.items()):
+            assert proc.returncode == 0, (name, proc.stderr[-3000:])
+            assert "Teacher: " in proc.stderr and "(10 classes)" in proc.stderr, name
+            result = json.load(open(os.path.join(out, "result.json")))
+            assert result["global_step"] == 10 and 0 <= result["top_1_accuracy"] <= 1
+            assert "distill_loss" in result
+            # The student's checkpoint holds the student only: the same entries as the
+            # teacher's own checkpoint (same architecture and optimizer), not twice as many.
+            names = [n for n, _ in tf.train.list_variables(os.path.join(out, "ckpt-10"))]
+            teacher_names = tf.train.list_variables(os.path.join(finetuned, "ckpt-10"))
+            assert len(names) == len(teacher_names), name
+            assert not [n for n in names if "teacher" in n], name
+            assert os.listdir(os.path.join(out, "saved_model")) == ["10"]
+
+
+def test_a_checkpoint_without_its_config_is_not_a_teacher(pretrained, tmp_path):
+    # A directory of checkpoints without the run's config.json cannot be rebuilt.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in os.listdir(pretrained[0]):
+        if f.startswith("ckpt-20") or f == "checkpoint":
+            os.link(os.path.join(pretrained[0], f), bare / f)
+    proc = run(
+        "--mode=train",
+        "--train_mode=distill",
+        f"--teacher={bare}",
+        f"--model_dir={tmp_path}/s",
+        "--train_steps=2",
+        *TINY,
+    )
+    assert proc.returncode == 2 and "no config.json beside" in proc.stderr, proc.stderr[-2000:]
