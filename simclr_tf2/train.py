@@ -431,12 +431,15 @@ def _initialise(model: SimCLRModel, config: Config) -> str:
     Fine-tuning and distillation take the encoder and projection head (a new
     supervised head); pretraining and evaluation take every weight there is.
     """
+    # A fine-tuning or distillation run starts a new supervised head; evaluating
+    # (--mode=eval --checkpoint=...) a fine-tuned model takes its head too.
+    new_head = config.train_mode != "pretrain" and config.mode != "eval"
     layers = [model.encoder, model.projection_head]
-    if config.train_mode == "pretrain" and model.supervised_head is not None:
+    if not new_head and model.supervised_head is not None:
         layers.append(model.supervised_head)
     path = _latest(config.checkpoint)
     if path is not None:
-        if config.train_mode != "pretrain":
+        if new_head:
             parts = tf.train.Checkpoint(
                 encoder=model.encoder, projection_head=model.projection_head
             )

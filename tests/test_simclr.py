@@ -29,8 +29,10 @@ def tiny(**kwargs):
 def test_call_returns_named_outputs():
     model = tiny()
     out = model(data()[0][..., :3])
-    assert set(out) == set(BLOCK_OUTPUT_NAMES) | {"proj_head_output", "logits_sup"}
+    heads = {f"proj_head_layer_{i}" for i in (1, 2, 3)}  # the default 3-layer head
+    assert set(out) == set(BLOCK_OUTPUT_NAMES) | {"proj_head_output", "logits_sup"} | heads
     assert out["proj_head_output"].shape == (16, 128)
+    np.testing.assert_array_equal(out["proj_head_layer_3"], out["proj_head_output"])
     assert out["logits_sup"].shape == (16, 10)
     # Two views (6 channels or a pair) are stacked on the batch axis.
     x = data()[0]

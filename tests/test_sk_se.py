@@ -120,7 +120,6 @@ def test_every_depth_with_sk_and_se_trains(depth, sk_ratio, se_ratio):
     )
     x = np.concatenate([images(4, 16), images(4, 16, seed=1)], axis=-1)
     y = np.array([0, 1, 2, 0])
-    model.compile(optimizer=keras.optimizers.SGD(0.05))
     with tf.GradientTape() as tape:
         loss = model.compute_losses(tf.constant(x), tf.constant(y), training=True)["total_loss"]
     grads = tape.gradient(loss, model.trainable_variables)
@@ -131,8 +130,10 @@ def test_every_depth_with_sk_and_se_trains(depth, sk_ratio, se_ratio):
     blocks = {18: 8, 34: 16, 50: 16}[depth]
     assert len(sk_layers) == (blocks if sk_ratio else 0)
     assert len(se_layers) == (blocks if se_ratio else 0)
-    history = model.fit(x, y, batch_size=4, epochs=1, verbose=0)
-    assert np.isfinite(history.history["total_loss"][-1])
+    if depth == 18:  # and through fit's compiled train step
+        model.compile(optimizer=keras.optimizers.SGD(0.05))
+        history = model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+        assert np.isfinite(history.history["total_loss"][-1])
 
 
 def test_sk_se_config_round_trip_and_checkpoint(tmp_path):
