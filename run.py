@@ -16,6 +16,10 @@ import sys
 
 from absl import app, flags, logging
 
+# Before TensorFlow loads: oneDNN's CPU kernels, which TensorFlow enables by itself only on
+# CPUs with AVX-512 VNNI or newer, about double the train step's speed on an AVX2 CPU.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
 from simclr_tf2.config import CHOICES, Config, ConfigError
 from simclr_tf2.data.sources import DataError
 

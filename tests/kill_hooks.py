@@ -28,6 +28,8 @@ NOT_KILLED = 86
 FIRST_SAVE_TO_KILL = 2
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# oneDNN CPU kernels (off by default on CPUs without AVX-512 VNNI): see simclr_tf2/__init__.py.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 from tensorflow.python.checkpoint import checkpoint_management  # noqa: E402
 from tensorflow.python.ops import io_ops  # noqa: E402
