@@ -192,7 +192,10 @@ def test_config_round_trip():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(train_mode="distill"), "train_mode='distill'"),
+        (dict(train_mode="teach"), "train_mode='teach'"),
+        (dict(train_mode="distill", num_classes=None), "train_mode='distill' needs num_classes"),
+        (dict(distill_temperature=0.0), "distill_temperature=0.0"),
+        (dict(distill_label_weight=-1.0), "distill_label_weight=-1.0"),
         (dict(train_mode="finetune", num_classes=None), "needs num_classes"),
         (dict(fine_tune_after_block=2), "fine_tune_after_block=2 only applies"),
         (dict(train_mode="finetune", fine_tune_after_block=5), "fine_tune_after_block=5"),
