@@ -16,11 +16,11 @@ from simclr_tf2.data.sources import VERIFY_MODES
 from simclr_tf2.distribute import STRATEGIES
 from simclr_tf2.models.heads import PROJ_HEAD_MODES, num_head_outputs
 from simclr_tf2.models.resnet import BLOCK_SPECS
+from simclr_tf2.models.simclr import TRAIN_MODES
 from simclr_tf2.optim import OPTIMIZERS
 from simclr_tf2.optim.schedules import SCALINGS
 
 MODES = ("train", "eval", "train_then_eval")
-TRAIN_MODES = ("pretrain", "finetune", "distill")
 PRECISIONS = ("none", "mixed_bfloat16", "mixed_float16")
 
 

@@ -12,6 +12,7 @@ trains with `model.fit`, saves checkpoints every
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -151,6 +152,36 @@ def _classes_in_checkpoint(prefix: str) -> int | None:
     return None
 
 
+def restore_model(prefix: str, *, encoder_only: bool = False) -> SimCLRModel:
+    """The model checkpoint `prefix` holds, rebuilt from the config.json beside it, with
+    its supervised head when the checkpoint has one (call inside the strategy's scope).
+    `encoder_only` restores the encoder and leaves the rest as built. Raises ConfigError
+    with a one-line reason when the checkpoint cannot be used."""
+    config_path = os.path.join(os.path.dirname(prefix), "config.json")
+    if not tf.io.gfile.exists(config_path):
+        raise ConfigError(f"no config.json beside {prefix} to rebuild the model from.")
+    with tf.io.gfile.GFile(config_path) as f:
+        config = Config(**json.load(f))
+    num_classes = None if encoder_only else _classes_in_checkpoint(prefix)
+    if not num_classes:
+        # No supervised head to rebuild: the encoder and projection head of a pretraining.
+        config = dataclasses.replace(
+            config, train_mode="pretrain", lineareval_while_pretraining=False
+        )
+    model = build_model(config, num_classes)
+    model.build((None, config.image_size, config.image_size, 3))
+    target = tf.train.Checkpoint(encoder=model.encoder) if encoder_only else model
+    status = tf.train.Checkpoint(model=target).restore(prefix).expect_partial()
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError as error:
+        raise ConfigError(
+            f"{prefix} does not match the model its config.json describes: "
+            f"{str(error).splitlines()[0][:200]}"
+        ) from None
+    return model
+
+
 def load_teacher(path: str):
     """(teacher, num_classes, where) for `--teacher`: a fine-tuned model_dir, checkpoint
     prefix or SavedModel whose supervised head labels images (call inside the strategy's
@@ -159,34 +190,25 @@ def load_teacher(path: str):
     A checkpoint (or a model_dir's newest one) is rebuilt from the config.json beside it;
     otherwise the newest export under `path` is loaded.
     """
-    prefix = _latest(path)
+    prefix = latest_checkpoint(path)
     if prefix is not None:
-        config_path = os.path.join(os.path.dirname(prefix), "config.json")
-        if not tf.io.gfile.exists(config_path):
+        try:
+            model = restore_model(prefix)
+        except ConfigError as error:
             raise ConfigError(
-                f"--teacher={path}: no config.json beside {prefix} to rebuild the teacher "
-                "from; give its model_dir or its SavedModel export instead."
-            )
-        num_classes = _classes_in_checkpoint(prefix)
-        if not num_classes:
+                f"--teacher={path}: {error} Give its model_dir or its SavedModel export."
+            ) from None
+        if not model.num_classes:
             raise ConfigError(
                 f"--teacher={path}: {prefix} has no supervised head to label images with; "
                 "use a fine-tuned model (--train_mode=finetune) as the teacher."
             )
-        with tf.io.gfile.GFile(config_path) as f:
-            teacher_config = Config(**json.load(f))
-        model = build_model(teacher_config, num_classes)
-        model.build((None, teacher_config.image_size, teacher_config.image_size, 3))
-        status = tf.train.Checkpoint(model=model).restore(prefix).expect_partial()
-        try:
-            status.assert_existing_objects_matched()
-        except AssertionError as error:
-            raise ConfigError(
-                f"--teacher={path}: {prefix} does not match the model its config.json "
-                f"describes: {str(error).splitlines()[0][:200]}"
-            ) from None
         model.trainable = False
-        return (lambda images: model(images, training=False)["logits_sup"]), num_classes, prefix
+        return (
+            (lambda images: model(images, training=False)["logits_sup"]),
+            model.num_classes,
+            prefix,
+        )
     export = latest_export(path)
     if export is None:
         raise ConfigError(
@@ -218,8 +240,8 @@ def _check_image_size(config: Config, source: Source) -> None:
         )
 
 
-def _latest(path: str) -> str | None:
-    """A checkpoint prefix from a prefix or a directory of checkpoints."""
+def latest_checkpoint(path: str) -> str | None:
+    """A checkpoint prefix from a prefix or a directory of checkpoints (None if neither)."""
     if tf.io.gfile.isdir(path):
         return tf.train.latest_checkpoint(path)
     if tf.io.gfile.exists(path + ".index"):
@@ -437,7 +459,7 @@ def _initialise(model: SimCLRModel, config: Config) -> str:
     layers = [model.encoder, model.projection_head]
     if not new_head and model.supervised_head is not None:
         layers.append(model.supervised_head)
-    path = _latest(config.checkpoint)
+    path = latest_checkpoint(config.checkpoint)
     if path is not None:
         if new_head:
             parts = tf.train.Checkpoint(

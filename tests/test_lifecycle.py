@@ -37,17 +37,9 @@ def _copy(model_dir, tmp_path):
 
 def _in_memory_model(model_dir, step):
     """The trained model, rebuilt from config.json and restored from ckpt-<step>."""
-    import tensorflow as tf
+    from simclr_tf2.train import restore_model
 
-    from simclr_tf2.config import Config
-    from simclr_tf2.train import build_model
-
-    config = Config(**json.load(open(os.path.join(model_dir, "config.json"))))
-    model = build_model(config, num_classes=10)
-    model.build((None, 32, 32, 3))
-    status = tf.train.Checkpoint(model=model).restore(os.path.join(model_dir, f"ckpt-{step}"))
-    status.expect_partial().assert_existing_objects_matched()
-    return model
+    return restore_model(os.path.join(model_dir, f"ckpt-{step}"))
 
 
 def _images(n=8, size=32, seed=0):

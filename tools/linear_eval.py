@@ -94,22 +94,16 @@ def top_k(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
 def checkpoint_encoder(path: str):
     """(checkpoint path, encoder callable like an export's) from a checkpoint prefix or a
     model_dir, or a one-line reason it cannot be used."""
-    from simclr_tf2.config import Config
-    from simclr_tf2.train import build_model
+    from simclr_tf2.config import ConfigError
+    from simclr_tf2.train import latest_checkpoint, restore_model
 
-    prefix = tf.train.latest_checkpoint(path) if os.path.isdir(path) else path
-    if not prefix or not tf.io.gfile.exists(prefix + ".index"):
+    prefix = latest_checkpoint(path)
+    if prefix is None:
         return "no checkpoint there (give model_dir or model_dir/ckpt-<step>)."
-    config_path = os.path.join(os.path.dirname(prefix), "config.json")
-    if not os.path.exists(config_path):
-        return f"no config.json beside it ({config_path}) to rebuild the model from."
-    with open(config_path) as f:
-        config = Config(**json.load(f))
-    model = build_model(config, None)
-    model.build((None, config.image_size, config.image_size, 3))
-    status = tf.train.Checkpoint(model=tf.train.Checkpoint(encoder=model.encoder)).restore(prefix)
-    status.expect_partial().assert_existing_objects_matched()
-    encoder = model.encoder
+    try:
+        encoder = restore_model(prefix, encoder_only=True).encoder
+    except ConfigError as error:
+        return str(error)
 
     @tf.function(reduce_retracing=True)
     def call(images, trainable=False):
