@@ -65,16 +65,19 @@ class _HubModule(tf.__internal__.tracking.AutoTrackable):
             result = model(images, training=trainable)
             return {k: tf.cast(v, tf.float32) for k, v in result.items()}
 
+        # The model is traced twice, once per mode; the four variants of `__call__`
+        # (TF Hub's `trainable` and Keras' `training`) call those two graphs.
+        self.serve = tf.function(lambda images: outputs(images, False), [_IMAGES])
+        self.train = tf.function(lambda images: outputs(images, True), [_IMAGES])
+
         @tf.function
         def call(images, trainable=False, training=False):
-            return outputs(images, bool(trainable or training))
+            return self.train(images) if trainable or training else self.serve(images)
 
         for trainable in (False, True):
             for training in (False, True):
                 call.get_concrete_function(_IMAGES, trainable, training)
         self.__call__ = call
-        self.serve = tf.function(lambda images: outputs(images, False), [_IMAGES])
-        self.train = tf.function(lambda images: outputs(images, True), [_IMAGES])
 
 
 def _standalone_copy(model):
