@@ -259,6 +259,56 @@ def test_only_the_chief_writes_model_dir(cluster_and_single):
     assert os.listdir(tmp1) == []
 
 
+@pytest.fixture(scope="module")
+def distilled(cluster_and_single):
+    """Distillation (SimCLRv2's third step) by 2 workers x 2 devices and by 1 process x 4,
+    both taught by the cluster's model (its linear head, trained while pretraining), in
+    float64 as above, with the supervised term on too."""
+    base, multi, _, codes, _ = cluster_and_single
+    assert codes == [0, 0], log_of(base, 0)[-3000:]
+    logs = base / "distill"
+    logs.mkdir()
+    students = str(logs / "multi"), str(logs / "single")
+    args = [
+        "--mode=train",
+        "--train_mode=distill",
+        f"--teacher={multi}",
+        "--distill_temperature=2.0",
+        "--distill_label_weight=0.5",
+        "--train_steps=3",
+        "--checkpoint_steps=3",
+    ]
+    env = float64_keras_home(base / "keras")
+
+    def cluster():
+        return wait_all(start_workers(students[0], str(logs), *args, env=env))
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        codes = pool.submit(cluster)
+        one = pool.submit(run_single, students[1], *args, env=env)
+        return logs, students, codes.result(), one.result()
+
+
+def test_distillation_on_a_cluster_equals_one_process(distilled):
+    logs, (multi, single), codes, one = distilled
+    assert codes == [0, 0], log_of(logs, 0)[-3000:] + log_of(logs, 1)[-3000:]
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert "(10 classes)" in log_of(logs, 0)
+    distill_multi = scalars(multi, "batch_distill_loss")
+    distill_single = scalars(single, "batch_distill_loss")
+    assert len(distill_multi) == len(distill_single) == 3
+    assert all(np.isfinite(distill_multi)) and min(distill_multi) > 0
+    np.testing.assert_allclose(distill_multi, distill_single, rtol=1e-6)
+    np.testing.assert_allclose(
+        scalars(multi, "batch_total_loss"), scalars(single, "batch_total_loss"), rtol=1e-6
+    )
+    a, b = checkpoint_tensors(multi), checkpoint_tensors(single)
+    assert a.keys() == b.keys() and not [k for k in a if "teacher" in k]
+    assert int(a["optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"]) == 3
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-9, err_msg=key)
+
+
 def test_a_dead_worker_stops_the_other_and_a_restart_resumes(tmp_path):
     model_dir = str(tmp_path / "model")
     args = ["--mode=train_then_eval", "--train_steps=30", "--checkpoint_steps=10"]
