@@ -71,8 +71,10 @@ def test_finetuning_does_send_gradient_into_encoder():
     assert all(g is not None for g in grads)
 
 
-def fit_two_steps(model, x, y, optimizer="momentum"):
-    model.compile(optimizer=build_optimizer(optimizer, 0.1))
+def fit_two_steps(model, x, y, optimizer="momentum", eager=False):
+    """Two steps of `fit`; `eager` skips tracing (seconds per model) where the traced
+    step is covered elsewhere."""
+    model.compile(optimizer=build_optimizer(optimizer, 0.1), run_eagerly=eager)
     before = {v.path: v.numpy().copy() for v in model.weights}
     # Two steps: the first cannot move convs behind a zero-initialised gamma.
     history = model.fit(x, y, batch_size=len(x) // 2, epochs=1, verbose=0)
@@ -85,7 +87,7 @@ def fit_two_steps(model, x, y, optimizer="momentum"):
 def test_fine_tune_after_block_freezes_everything_up_to_it(block):
     model = tiny(train_mode="finetune", fine_tune_after_block=block)
     x, y = data(views=1)
-    _, changed = fit_two_steps(model, x, y)
+    _, changed = fit_two_steps(model, x, y, eager=block != 4)
     frozen_prefixes = ["simclr_model/resnet/initial_"] + [
         f"simclr_model/resnet/block_group{g}/" for g in range(1, block + 1)
     ]
@@ -166,13 +168,13 @@ def test_every_projection_head_mode_pretrains_and_finetunes(mode, layers, select
     kwargs = dict(proj_head_mode=mode, num_proj_layers=layers, proj_out_dim=16)
     model = tiny(**kwargs)
     x, y = data()
-    history, _ = fit_two_steps(model, x, y)
+    history, _ = fit_two_steps(model, x, y, eager=True)
     assert np.isfinite(history.history["contrast_loss"][-1])
     width = 16 if mode != "none" else model.encoder.output_width
     assert model(x[..., :3])["proj_head_output"].shape == (16, width)
 
     finetune = tiny(train_mode="finetune", ft_proj_selector=selector, **kwargs)
-    history, changed = fit_two_steps(finetune, x[..., :3], y)
+    history, changed = fit_two_steps(finetune, x[..., :3], y, eager=True)
     assert np.isfinite(history.history["supervised_loss"][-1])
     # The supervised head sits on the selected head layer.
     sup_kernel = next(v for v in finetune.weights if v.path.endswith("head_supervised/kernel"))
