@@ -94,3 +94,33 @@ def forward_flops_r18(width: float, size: int) -> float:
             side, cin = side_out, cout
     head = 2 * (cin * cin * 2 + cin * 128)  # 3-layer projection head
     return flops + head
+
+
+def test_cifar_study_writes_its_plot_table_and_json(tmp_path):
+    # The whole study in miniature: a second of each training on 256 images, tiny width.
+    out = tmp_path / "study"
+    proc = run(
+        "tools/cifar_study.py",
+        "--minutes=0.01",
+        "--train_examples=256",
+        "--width_multiplier=0.125",
+        "--batch_size=32",
+        "--probe_epochs=2",
+        "--knn_every_minutes=0.001",
+        f"--out={out}",
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(summary) == {"machine", "simclr", "random", "supervised"}
+    for encoder in ("simclr", "random"):
+        for test_set in ("test_jpeg (10,000, JPEG q75)", "test (1,000, exact)"):
+            assert 0 <= summary[encoder][test_set]["linear_top1"] <= 1
+            assert 0 <= summary[encoder][test_set]["knn_top1"] <= 1
+    assert summary["simclr"]["steps"] >= 1 and summary["supervised"]["steps"] >= 1
+    table = (out / "study.md").read_text().splitlines()
+    assert len(table) == 2 + 6 and table[2].startswith("| SimCLR | test_jpeg")
+    image = tf.io.decode_png(tf.io.read_file(str(out / "study.png"))).numpy()
+    assert image.shape[1] > image.shape[0] > 100 and image.std() > 10
+    saved = json.loads((out / "study.json").read_text())
+    assert saved["curves"]["knn"] and saved["curves"]["pretraining"]
