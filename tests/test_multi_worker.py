@@ -159,6 +159,15 @@ def scalars(model_dir, tag) -> list[float]:
     return values
 
 
+def cluster_beside_single(multi, single, logs_dir, args, env):
+    """(exit codes of the 2 workers, the single process): the same run by 2 workers x 2
+    devices into `multi` and by 1 process x 4 devices into `single`, at the same time."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        codes = pool.submit(lambda: wait_all(start_workers(multi, str(logs_dir), *args, env=env)))
+        one = pool.submit(run_single, single, *args, env=env)
+        return codes.result(), one.result()
+
+
 def checkpoint_tensors(model_dir) -> dict:
     reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(model_dir))
     return {
@@ -166,6 +175,12 @@ def checkpoint_tensors(model_dir) -> dict:
         for key in reader.get_variable_to_shape_map()
         if key != "_CHECKPOINTABLE_OBJECT_GRAPH"
     }
+
+
+def assert_same_tensors(a: dict, b: dict) -> None:
+    """float64 runs of the same steps: equal up to round-off (1e-9)."""
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-9, err_msg=key)
 
 
 @pytest.fixture(scope="module")
@@ -181,16 +196,10 @@ def cluster_and_single(tmp_path_factory):
     base = tmp_path_factory.mktemp("multi_worker")
     multi, single = str(base / "multi"), str(base / "single")
     args = ["--mode=train_then_eval", "--train_steps=3", "--checkpoint_steps=3"]
-    env = float64_keras_home(base / "keras")
-
-    def cluster():
-        procs = start_workers(multi, str(base), *args, env=env)
-        return wait_all(procs)
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        codes = pool.submit(cluster)
-        one = pool.submit(run_single, single, *args, env=env)
-        return base, multi, single, codes.result(), one.result()
+    codes, one = cluster_beside_single(
+        multi, single, base, args, float64_keras_home(base / "keras")
+    )
+    return base, multi, single, codes, one
 
 
 def test_both_workers_finish(cluster_and_single):
@@ -225,8 +234,7 @@ def test_cluster_equals_one_process_with_four_devices(cluster_and_single):
     slots = [a[k] for k in a if k.startswith("optimizer/_variables/") and a[k].ndim == 4]
     assert slots and max(np.abs(slot).max() for slot in slots) > 1e-6
     # Every weight, BN moving statistics and optimizer slot, far inside the 1e-5 asked for.
-    for key in a:
-        np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-9, err_msg=key)
+    assert_same_tensors(a, b)
     # Both evaluated the same model on the same examples.
     results = []
     for model_dir in (multi, single):
@@ -279,14 +287,8 @@ def distilled(cluster_and_single):
         "--checkpoint_steps=3",
     ]
     env = float64_keras_home(base / "keras")
-
-    def cluster():
-        return wait_all(start_workers(students[0], str(logs), *args, env=env))
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        codes = pool.submit(cluster)
-        one = pool.submit(run_single, students[1], *args, env=env)
-        return logs, students, codes.result(), one.result()
+    codes, one = cluster_beside_single(*students, logs, args, env)
+    return logs, students, codes, one
 
 
 def test_distillation_on_a_cluster_equals_one_process(distilled):
@@ -305,8 +307,7 @@ def test_distillation_on_a_cluster_equals_one_process(distilled):
     a, b = checkpoint_tensors(multi), checkpoint_tensors(single)
     assert a.keys() == b.keys() and not [k for k in a if "teacher" in k]
     assert int(a["optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"]) == 3
-    for key in a:
-        np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-9, err_msg=key)
+    assert_same_tensors(a, b)
 
 
 def test_a_dead_worker_stops_the_other_and_a_restart_resumes(tmp_path):

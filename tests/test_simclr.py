@@ -87,6 +87,7 @@ def fit_two_steps(model, x, y, optimizer="momentum", eager=False):
 def test_fine_tune_after_block_freezes_everything_up_to_it(block):
     model = tiny(train_mode="finetune", fine_tune_after_block=block)
     x, y = data(views=1)
+    # One case keeps the traced step: freezing must hold in the graph too.
     _, changed = fit_two_steps(model, x, y, eager=block != 4)
     frozen_prefixes = ["simclr_model/resnet/initial_"] + [
         f"simclr_model/resnet/block_group{g}/" for g in range(1, block + 1)
