@@ -54,7 +54,7 @@ def test_benchmark_input_ends_with_json():
     )
 
 
-def test_benchmark_counts_flops_and_ends_with_json():
+def test_benchmark_counts_flops_and_ends_with_json(tmp_path):
     proc = run(
         "tools/benchmark.py",
         "--resnet_depth=18",
@@ -63,8 +63,14 @@ def test_benchmark_counts_flops_and_ends_with_json():
         "--train_batch_size=16",
         "--steps=2",
         "--windows=2",
+        f"--profile_dir={tmp_path}",
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+    # --profile_dir: the op-time table from the profiler's trace, convolutions on top.
+    table = proc.stdout.split("op type", 1)[1].splitlines()
+    top = [line.split()[0] for line in table[1:4]]
+    assert any("Conv2D" in op for op in top), table[:6]
+    assert any("all ops" in line for line in table)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     for key in ("pairs_per_s", "pairs_per_s_with_pipeline", "peak_rss_gb", "flops_per_pair"):
         assert result[key] > 0, key

@@ -54,6 +54,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--steps", type=int, default=8, help="steps per timed window")
     add("--windows", type=int, default=3, help="timed windows (the median is reported)")
     add("--no_pipeline", action="store_true", help="skip the run with the input pipeline")
+    add(
+        "--profile_dir",
+        default="",
+        help="also profile --steps steps of fit on synthetic inputs and print the op time "
+        "by op type (the trace is left in this directory, for TensorBoard's profile tab)",
+    )
     return parser.parse_args(argv)
 
 
@@ -184,6 +190,11 @@ def main(argv=None) -> dict:
     )
     pairs_per_s = timed_fit(model, synthetic, args)
     rss = peak_rss_gb()
+    if args.profile_dir:
+        from tools.op_profile import format_op_times, op_times, profile_fit
+
+        profile_fit(model, synthetic, args.steps, args.profile_dir)
+        print(format_op_times(op_times(args.profile_dir), args.steps), flush=True)
 
     with_pipeline = None
     if not args.no_pipeline:
@@ -222,7 +233,7 @@ def main(argv=None) -> dict:
         "pairs_per_s_at_reference_peak": round(pairs_per_s * REFERENCE_PEAK_GFLOPS / peak, 2),
         "cores": cores(),
         "replicas": strategy.num_replicas_in_sync,
-        **{k: v for k, v in vars(args).items() if k not in ("no_pipeline",)},
+        **{k: v for k, v in vars(args).items() if k not in ("no_pipeline", "profile_dir")},
     }
     width = max(len(k) for k in result)
     for key, value in result.items():

@@ -12,9 +12,11 @@ three 3x3 convolutions, and strided projection shortcuts average-pool before
 their 1x1 convolution; with `se_ratio` > 0 every block ends in
 squeeze-excitation (`SqueezeExcitation`) before the shortcut is added.
 
-With `global_bn=True` every batch norm is `BatchNormalization(synchronized=True)`,
-so under `tf.distribute` its statistics are computed over the global batch and no
-replica can recognise its own examples through per-device statistics.
+With `global_bn=True` every batch norm is `synchronized=True`, so under
+`tf.distribute` its statistics are computed over the global batch and no
+replica can recognise its own examples through per-device statistics. Every
+batch norm is `FusedBatchNormalization`: Keras's layer, computed by
+TensorFlow's fused kernel whenever the statistics are the replica's own.
 
 This module imports nothing else from the package, so it can be used alone.
 """
@@ -22,6 +24,7 @@ This module imports nothing else from the package, so it can be used alone.
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 
 BATCH_NORM_EPSILON = 1e-5
 
@@ -67,7 +70,7 @@ def batch_norm(
         name: layer name; it should contain "batch_normalization" so that the
             default LARS exclusions match its variables.
     """
-    return keras.layers.BatchNormalization(
+    return FusedBatchNormalization(
         momentum=momentum,
         epsilon=epsilon,
         center=center,
@@ -75,6 +78,81 @@ def batch_norm(
         synchronized=global_bn,
         name=name,
     )
+
+
+@keras.saving.register_keras_serializable(package="simclr_tf2")
+class FusedBatchNormalization(keras.layers.BatchNormalization):
+    """Keras's BatchNormalization, computed by TensorFlow's fused kernel where it can be.
+
+    Keras 3 normalises with separate ops (moments, then an elementwise
+    transform; with `synchronized=True` also a tensor of ones the size of the
+    input, to count it) and differentiates through each of them, which keeps
+    several copies of every activation for the backward pass. TensorFlow's
+    FusedBatchNormV3 (oneDNN's on CPUs, cuDNN's on GPUs, XLA's under
+    `jit_compile`) computes the same function in one pass and its gradient in
+    one more, keeping only the input and the batch statistics.
+
+    The fused kernel is used for channels-last float32, float16 and bfloat16
+    inputs of rank 2 or 4, whenever the statistics are this replica's own:
+    always in inference, and in training unless `synchronized` batch norm runs
+    on more than one replica (then the statistics are all-reduced first, as in
+    Keras). Same variables, moving-statistics update (biased batch variance, as
+    Keras) and outputs as Keras's layer, up to round-off; other cases
+    (float64, masks, renorm, another axis) are Keras's own code.
+    """
+
+    def _fusable(self, inputs, training, mask) -> bool:
+        rank = len(inputs.shape)
+        if mask is not None or self.renorm or rank not in (2, 4):
+            return False
+        if self.axis not in (-1, rank - 1) or inputs.shape[-1] is None:
+            return False
+        if inputs.dtype not in (tf.float32, tf.float16, tf.bfloat16):
+            return False
+        if training and self.trainable and self.synchronized:
+            return tf.distribute.get_strategy().num_replicas_in_sync == 1
+        return True
+
+    def call(self, inputs, training=None, mask=None):
+        inputs = tf.convert_to_tensor(inputs)
+        if not self._fusable(inputs, training, mask):
+            return super().call(inputs, training=training, mask=mask)
+        channels = inputs.shape[-1]
+        x = inputs if len(inputs.shape) == 4 else tf.reshape(inputs, [-1, 1, 1, channels])
+        # float16 / bfloat16 inputs keep their type; scale, offset and statistics are float32.
+        gamma = self.gamma if self.scale else tf.ones([channels], tf.float32)
+        beta = self.beta if self.center else tf.zeros([channels], tf.float32)
+        gamma = tf.cast(gamma, tf.float32)
+        beta = tf.cast(beta, tf.float32)
+        train = bool(training and self.trainable)
+        empty = tf.constant([], tf.float32)
+        y, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
+            x=x,
+            scale=gamma,
+            offset=beta,
+            mean=empty if train else tf.cast(self.moving_mean, tf.float32),
+            variance=empty if train else tf.cast(self.moving_variance, tf.float32),
+            epsilon=self.epsilon,
+            data_format="NHWC",
+            is_training=train,
+        )
+        if train:
+            # The kernel returns the unbiased (n - 1) batch variance; Keras keeps the biased one.
+            count = tf.cast(tf.size(x) // channels, tf.float32)
+            variance = variance * ((count - 1.0) / tf.maximum(count, 1.0))
+            momentum = self.momentum
+            moving_mean = self.moving_mean
+            moving_variance = self.moving_variance
+            moving_mean.assign(
+                moving_mean * momentum + tf.cast(mean, moving_mean.dtype) * (1.0 - momentum)
+            )
+            moving_variance.assign(
+                moving_variance * momentum
+                + tf.cast(variance, moving_variance.dtype) * (1.0 - momentum)
+            )
+        if len(inputs.shape) == 2:
+            y = tf.reshape(y, tf.shape(inputs))
+        return tf.cast(y, self.compute_dtype)
 
 
 class FixedPaddingConv2D(keras.layers.Layer):
