@@ -3,7 +3,7 @@
 `profile_fit(model, dataset, steps, logdir)` runs `model.fit` for `steps` steps
 under `tf.profiler.experimental` and `op_times(logdir)` reads the trace it
 wrote (the XSpace protobuf TensorFlow ships): the wall time of every executed
-op, summed by op type over all threads. tools/benchmark.py --profile prints it.
+op, summed by op type over all threads. tools/benchmark.py --profile_dir prints it.
 
 The sum over op types can exceed the step's wall time (ops run on both cores at
 once) and leaves out time between ops (the executor, Python, waiting).
@@ -37,7 +37,7 @@ def op_times(logdir: str) -> list[tuple[str, float, int]]:
     """(op type, total ms, count), the longest first, from the newest trace in logdir."""
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    paths = sorted(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True))
+    paths = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
     if not paths:
         raise FileNotFoundError(f"No *.xplane.pb trace under {logdir}.")
     space = xplane_pb2.XSpace()
