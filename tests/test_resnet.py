@@ -114,3 +114,37 @@ def test_bad_arguments():
         ResNet(42)
     with pytest.raises(ValueError, match="width_multiplier=0"):
         ResNet(18, 0)
+
+
+@pytest.mark.parametrize("kernel_size", [1, 3, 7])
+def test_strided_conv_pads_inside_the_op(kernel_size):
+    # Same result as the reference's pad-then-"valid" convolution, forward and
+    # backward, without a Pad op (whose padded copy the backward pass would keep).
+    import tensorflow as tf
+
+    from simclr_tf2.models.resnet import FixedPaddingConv2D
+
+    x = tf.constant(np.random.default_rng(0).random((2, 15, 16, 4)), tf.float32)
+    layer = FixedPaddingConv2D(8, kernel_size, strides=2)
+    total = kernel_size - 1
+    pads = [[0, 0], [total // 2, total - total // 2], [total // 2, total - total // 2], [0, 0]]
+
+    def reference(inputs):
+        return tf.nn.conv2d(tf.pad(inputs, pads), layer.conv.kernel, 2, "VALID")
+
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        ours, theirs = layer(x), reference(x)
+    assert ours.shape == theirs.shape == (2, 8, 8, 8)
+    assert tuple(layer.conv.compute_output_shape((None, 15, 16, 4))) == (None, 8, 8, 8)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    for ours_grad, their_grad in zip(
+        tape.gradient(ours, [x, layer.conv.kernel]),
+        tape.gradient(theirs, [x, layer.conv.kernel]),
+        strict=True,
+    ):
+        np.testing.assert_allclose(ours_grad, their_grad, rtol=1e-4, atol=1e-4)
+    graph = tf.function(layer).get_concrete_function(tf.TensorSpec(x.shape)).graph
+    assert not [op for op in graph.get_operations() if op.type in ("Pad", "PadV2")]
+    clone = type(layer.conv).from_config(layer.conv.get_config())
+    assert clone.pads == layer.conv.pads and clone.strides == (2, 2)
