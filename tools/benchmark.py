@@ -60,7 +60,18 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="also profile --steps steps of fit on synthetic inputs and print the op time "
         "by op type (the trace is left in this directory, for TensorBoard's profile tab)",
     )
+    add(
+        "--memory_profile_dir",
+        default="",
+        help="also trace one step of fit on synthetic inputs and print the tensors alive at "
+        "TensorFlow's memory peak, by the op that made them (turns on TensorFlow's BFC "
+        "allocator on the CPU for the whole run, which changes the peak RSS figure)",
+    )
     return parser.parse_args(argv)
+
+
+# Flags that are not settings of the measured run (left out of the JSON).
+_NOT_SETTINGS = ("no_pipeline", "profile_dir", "memory_profile_dir")
 
 
 def peak_rss_gb() -> float:
@@ -135,6 +146,10 @@ def _optimizer(config):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.memory_profile_dir:
+        # Allocator events are recorded by the BFC allocator only; it must be
+        # chosen before TensorFlow starts.
+        os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
     from simclr_tf2.distribute import build_strategy
 
     # First: splitting the CPU must come before TensorFlow touches a device.
@@ -195,6 +210,12 @@ def main(argv=None) -> dict:
 
         profile_fit(model, synthetic, args.steps, args.profile_dir)
         print(format_op_times(op_times(args.profile_dir), args.steps), flush=True)
+    if args.memory_profile_dir:
+        from tools.memory_profile import format_live, live_at_peak
+        from tools.op_profile import profile_fit
+
+        profile_fit(model, synthetic, 1, args.memory_profile_dir, host_tracer_level=3)
+        print(format_live(*live_at_peak(args.memory_profile_dir)), flush=True)
 
     with_pipeline = None
     if not args.no_pipeline:
@@ -233,7 +254,7 @@ def main(argv=None) -> dict:
         "pairs_per_s_at_reference_peak": round(pairs_per_s * REFERENCE_PEAK_GFLOPS / peak, 2),
         "cores": cores(),
         "replicas": strategy.num_replicas_in_sync,
-        **{k: v for k, v in vars(args).items() if k not in ("no_pipeline", "profile_dir")},
+        **{k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS},
     }
     width = max(len(k) for k in result)
     for key, value in result.items():

@@ -22,19 +22,23 @@ _OP_EVENT = re.compile(r"^[^:]+:(_?[A-Z][A-Za-z0-9_]*)$")
 _CONTAINERS = {"PartitionedCall", "StatefulPartitionedCall", "While", "If", "StatelessIf"}
 
 
-def profile_fit(model, dataset, steps: int, logdir: str) -> None:
-    """Runs `steps` steps of `model.fit` (already traced) under the profiler."""
+def profile_fit(model, dataset, steps: int, logdir: str, host_tracer_level: int = 2) -> None:
+    """Runs `steps` steps of `model.fit` (already traced) under the profiler.
+
+    host_tracer_level 3 also records the allocator's events (tools/memory_profile.py).
+    """
     import tensorflow as tf
 
-    tf.profiler.experimental.start(logdir)
+    options = tf.profiler.experimental.ProfilerOptions(host_tracer_level=host_tracer_level)
+    tf.profiler.experimental.start(logdir, options=options)
     try:
         model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
     finally:
         tf.profiler.experimental.stop()
 
 
-def op_times(logdir: str) -> list[tuple[str, float, int]]:
-    """(op type, total ms, count), the longest first, from the newest trace in logdir."""
+def newest_trace(logdir: str):
+    """The newest XSpace trace (*.xplane.pb) under logdir, parsed."""
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     paths = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
@@ -43,6 +47,12 @@ def op_times(logdir: str) -> list[tuple[str, float, int]]:
     space = xplane_pb2.XSpace()
     with open(max(paths, key=os.path.getmtime), "rb") as f:
         space.ParseFromString(f.read())
+    return space
+
+
+def op_times(logdir: str) -> list[tuple[str, float, int]]:
+    """(op type, total ms, count), the longest first, from the newest trace in logdir."""
+    space = newest_trace(logdir)
     total_ps = collections.Counter()
     count = collections.Counter()
     for plane in space.planes:
