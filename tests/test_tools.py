@@ -63,9 +63,14 @@ def test_benchmark_counts_flops_and_ends_with_json(tmp_path):
         "--train_batch_size=16",
         "--steps=2",
         "--windows=2",
-        f"--profile_dir={tmp_path}",
+        f"--profile_dir={tmp_path / 'ops'}",
+        f"--memory_profile_dir={tmp_path / 'memory'}",
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+    # --memory_profile_dir: the tensors alive at TensorFlow's memory peak, by op.
+    memory = proc.stdout.split("peak in use ", 1)[1].splitlines()
+    assert float(memory[0].split()[0]) > 0
+    assert any("FusedBatchNorm" in line or "conv" in line.lower() for line in memory[1:6])
     # --profile_dir: the op-time table from the profiler's trace, convolutions on top.
     table = proc.stdout.split("op type", 1)[1].splitlines()
     top = [line.split()[0] for line in table[1:4]]
