@@ -171,3 +171,63 @@ def test_strided_conv_keeps_no_padded_copy(kernel_size):
     assert clone.strides == (2, 2) and getattr(clone, "pads", None) == getattr(
         layer.conv, "pads", None
     )
+
+
+@pytest.mark.parametrize("block_type, strides", [("residual", 1), ("bottleneck", 2)])
+def test_block_recomputes_relu_for_the_backward(block_type, strides, monkeypatch):
+    # norm -> ReLU -> conv inside a block: same outputs, gradients and moving
+    # statistics as calling the layers; the backward reads no ReLU output of
+    # the forward pass (it recomputes it), so that copy is not kept.
+    import tensorflow as tf
+
+    from simclr_tf2.models import resnet
+
+    block_cls = resnet.ResidualBlock if block_type == "residual" else resnet.BottleneckBlock
+    block = block_cls(8, strides=strides, use_projection=True)
+    x = tf.constant(np.random.default_rng(0).normal(size=(4, 8, 8, 16)), tf.float32)
+    shape = block(x, training=False).shape
+    rng = np.random.default_rng(1)
+    for v in block.weights:  # non-trivial scale and offset (the last gamma starts at 0)
+        if v.path.endswith(("gamma", "beta")):
+            v.assign(rng.uniform(0.5, 1.5, v.shape) * (1 if v.path.endswith("gamma") else -1))
+    start = [v.numpy() for v in block.weights]
+    mask = tf.constant(rng.normal(size=shape), tf.float32)
+
+    def step(inputs):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            loss = tf.reduce_sum(block(inputs, training=True) * mask)
+        return loss, tape.gradient(loss, [inputs, *block.trainable_weights])
+
+    def run():
+        for v, value in zip(block.weights, start, strict=True):
+            v.assign(value)
+        loss, grads = tf.function(step)(x)
+        return loss, grads, [v.numpy() for v in block.non_trainable_weights]
+
+    ours = run()
+    graph = tf.function(step).get_concrete_function(x).graph
+    with monkeypatch.context() as patch:
+        patch.setattr(
+            resnet, "_norm_relu_conv", lambda n, c, x, t: c(keras.ops.relu(n(x, training=t)))
+        )
+        theirs = run()
+    np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-5)
+    for a, b in zip(ours[1], theirs[1], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
+    for a, b in zip(ours[2], theirs[2], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+    ops = graph.get_operations()
+    units = len(block.convs) - 1  # norm -> ReLU -> conv inside the block
+    recomputed = [
+        op for op in ops if op.type == "FusedBatchNormV3" and not op.get_attr("is_training")
+    ]
+    assert len(recomputed) == units
+    for op in ops:
+        if op.type == "Relu" and op.inputs[0].op.type == "FusedBatchNormV3":
+            readers = {c.type for c in op.outputs[0].consumers()}
+            if op.inputs[0].op.get_attr("is_training"):
+                # The forward's ReLU feeds its conv only (a strided conv: the pad,
+                # and the identity that marks its own custom gradient), no grad op.
+                assert readers <= {"Conv2D", "Pad", "IdentityN"}, readers

@@ -82,8 +82,10 @@ def test_benchmark_counts_flops_and_ends_with_json(tmp_path):
     # Counted from the traced step: at least forward + backward of the convolutions.
     # ResNet-18, CIFAR stem, width 0.25 at 16 px: ~0.11 GFLOP per image forward
     # (2 x multiply-adds of every conv and dense); a pair is 2 images; backward ~2x.
+    # Not 3.5x: the forward convs a recomputing gradient traces but never runs
+    # are not counted.
     forward_per_pair = 2 * forward_flops_r18(width=0.25, size=16)
-    assert 2.5 * forward_per_pair < result["flops_per_pair"] < 3.5 * forward_per_pair
+    assert 2.8 * forward_per_pair < result["flops_per_pair"] < 3.3 * forward_per_pair
     assert result["pct_of_matmul_peak"] == pytest.approx(
         100 * result["pairs_per_s"] * result["flops_per_pair"] / 1e9 / result["matmul_peak_gflops"],
         rel=0.02,

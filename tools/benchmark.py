@@ -8,8 +8,8 @@ For one configuration (the same flag names as run.py) it measures, in one run:
   * pairs/s through `model.fit` with the real input pipeline attached
     (CIFAR-10's train.npz at 32 px when ../shared/data is there, else random
     uint8 arrays of the requested size);
-  * the model's FLOPs per pair, counted by TensorFlow's profiler on the traced
-    train step (forward, backward and update), and the achieved FLOP/s as a
+  * the model's FLOPs per pair, counted with TensorFlow's per-op statistics on
+    the ops the traced train step runs (forward, backward and update), and the achieved FLOP/s as a
     percentage of the matmul peak;
   * the process's peak resident memory after the synthetic phase.
 
@@ -117,8 +117,16 @@ def timed_fit(model, dataset, args) -> float:
 
 
 def count_train_flops(config, num_classes: int) -> int:
-    """FLOPs of one train step on one device, counted by TF's profiler from the graph."""
+    """FLOPs of one train step on one device, counted from the graph of the step.
+
+    Each op's FLOPs are TensorFlow's own (its registered "flops" statistics, as
+    the profiler counts them), summed over the ops the runtime runs: those the
+    step's outputs and updates depend on. An op traced but unused is pruned
+    before the function runs, so it is not counted (the forward convolutions a
+    recomputing gradient traces only to differentiate them are such ops).
+    """
     import tensorflow as tf
+    from tensorflow.python.framework import ops as tf_ops
 
     from simclr_tf2.train import _dtype_policy, build_model
 
@@ -131,10 +139,21 @@ def count_train_flops(config, num_classes: int) -> int:
     step = tf.function(model.train_step).get_concrete_function(
         (tf.TensorSpec(shape, tf.float32), tf.TensorSpec((config.train_batch_size,), tf.int64))
     )
-    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
-    options["output"] = "none"
-    stats = tf.compat.v1.profiler.profile(graph=step.graph, options=options)
-    return int(stats.total_float_ops)
+    graph = step.graph
+    roots = [t.op.name for t in tf.nest.flatten(step.outputs)]
+    roots += [op.name for op in graph.control_outputs]
+    run = {
+        node.name
+        for node in tf.compat.v1.graph_util.extract_sub_graph(graph.as_graph_def(), roots).node
+    }
+    total = 0
+    for op in graph.get_operations():
+        if op.name in run:
+            try:
+                total += tf_ops.get_stats_for_node_def(graph, op.node_def, "flops").value or 0
+            except ValueError:  # no statistics registered for this op type: no FLOPs counted
+                pass
+    return int(total)
 
 
 def _optimizer(config):
