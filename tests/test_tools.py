@@ -79,6 +79,9 @@ def test_benchmark_counts_flops_and_ends_with_json(tmp_path):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     for key in ("pairs_per_s", "pairs_per_s_with_pipeline", "peak_rss_gb", "flops_per_pair"):
         assert result[key] > 0, key
+    # The two inputs take turns: --windows timed windows each, medians reported.
+    assert len(result["synthetic_windows"]) == len(result["pipeline_windows"]) == 2
+    assert result["pairs_per_s"] == pytest.approx(np.median(result["synthetic_windows"]), rel=0.01)
     # Counted from the traced step: at least forward + backward of the convolutions.
     # ResNet-18, CIFAR stem, width 0.25 at 16 px: ~0.11 GFLOP per image forward
     # (2 x multiply-adds of every conv and dense); a pair is 2 images; backward ~2x.

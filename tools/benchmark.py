@@ -3,15 +3,19 @@
 For one configuration (the same flag names as run.py) it measures, in one run:
   * TensorFlow's fp32 matmul peak on this machine (the yardstick: the host's
     speed drifts between hours, so figures are compared as ratios to it);
-  * pairs/s through `model.fit` on a synthetic in-memory batch (after a
-    warm-up epoch that includes tracing: the median of several timed windows);
-  * pairs/s through `model.fit` with the real input pipeline attached
-    (CIFAR-10's train.npz at 32 px when ../shared/data is there, else random
-    uint8 arrays of the requested size);
+  * pairs/s through `model.fit` on a synthetic in-memory batch, and with the
+    real input pipeline attached (CIFAR-10's train.npz at 32 px when
+    ../shared/data is there, else random uint8 arrays of the requested size):
+    `--windows` timed windows of `--steps` steps each, the two inputs taking
+    turns window by window (the host's speed drifts within minutes), each
+    window leaving out its first execution; the medians are reported, and the
+    pipeline's slowdown as the median ratio of each pipeline window to the
+    synthetic window before it;
   * the model's FLOPs per pair, counted with TensorFlow's per-op statistics on
-    the ops the traced train step runs (forward, backward and update), and the achieved FLOP/s as a
-    percentage of the matmul peak;
-  * the process's peak resident memory after the synthetic phase.
+    the ops the traced train step runs (forward, backward and update), and
+    the achieved FLOP/s as a percentage of the matmul peak;
+  * the process's peak resident memory after the first synthetic window,
+    before the input pipeline has run.
 
 Usage:
   python tools/benchmark.py --resnet_depth=18 --image_size=32 --train_batch_size=256
@@ -67,7 +71,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "TensorFlow's memory peak, by the op that made them (turns on TensorFlow's BFC "
         "allocator on the CPU for the whole run, which changes the peak RSS figure)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.windows < 1 or args.steps % args.steps_per_execution:
+        parser.error(
+            f"--steps={args.steps} must be a positive multiple of "
+            f"--steps_per_execution={args.steps_per_execution}, and --windows at least 1."
+        )
+    return args
 
 
 # Flags that are not settings of the measured run (left out of the JSON).
@@ -80,7 +90,12 @@ def peak_rss_gb() -> float:
 
 
 class WindowTimer:
-    """Keras callback: wall time of each epoch (= one timed window of steps)."""
+    """Keras callback: wall time of one `fit` call after its first execution.
+
+    The first execution of each call (iterator start, and the tracing on the
+    very first call) is left out: the window runs from its end to the end of
+    the epoch.
+    """
 
     def __init__(self):
         import keras
@@ -88,32 +103,55 @@ class WindowTimer:
         class _Timer(keras.callbacks.Callback):
             def __init__(cb):
                 super().__init__()
-                cb.durations = []
+                cb.start = None
+                cb.duration = None
 
-            def on_epoch_begin(cb, epoch, logs=None):
-                cb.start = time.perf_counter()
+            def on_train_batch_end(cb, batch, logs=None):
+                if cb.start is None:
+                    # Logs hold the step's tensors: reading one waits for the step to finish.
+                    float(logs["total_loss"])
+                    cb.start = time.perf_counter()
 
             def on_epoch_end(cb, epoch, logs=None):
-                # Logs hold the step's tensors: reading one waits for the step to finish.
                 float(logs["total_loss"])
-                cb.durations.append(time.perf_counter() - cb.start)
+                cb.duration = time.perf_counter() - cb.start
 
         self.callback = _Timer()
 
 
-def timed_fit(model, dataset, args) -> float:
-    """Pairs/s: median over the windows after a warm-up window that traces."""
+def timed_window(model, dataset, args) -> float:
+    """Pairs/s of `--steps` steps of one `fit` call, after one untimed execution."""
     timer = WindowTimer()
     model.fit(
         dataset,
-        steps_per_epoch=args.steps,
-        epochs=1 + args.windows,
+        steps_per_epoch=args.steps_per_execution + args.steps,
+        epochs=1,
         verbose=0,
         shuffle=False,
         callbacks=[timer.callback],
     )
-    per_window = timer.callback.durations[1:]
-    return args.train_batch_size * args.steps / statistics.median(per_window)
+    return args.train_batch_size * args.steps / timer.callback.duration
+
+
+def timed_runs(model, datasets: dict, args, after_first=None) -> dict:
+    """Pairs/s per dataset: `--windows` windows each, the datasets taking turns.
+
+    Taking turns window by window keeps the comparison fair on a host whose
+    speed drifts by tens of percent within minutes. Each dataset first runs
+    two untimed executions (tracing, warm-up). `after_first()` runs after the
+    first dataset's first window, before any other dataset has run.
+    """
+    rates = {name: [] for name in datasets}
+    for w in range(args.windows):
+        for i, (name, dataset) in enumerate(datasets.items()):
+            if w == 0:
+                model.fit(
+                    dataset, steps_per_epoch=2 * args.steps_per_execution, epochs=1, verbose=0
+                )
+            rates[name].append(timed_window(model, dataset, args))
+            if w == 0 and i == 0 and after_first is not None:
+                after_first()
+    return rates
 
 
 def count_train_flops(config, num_classes: int) -> int:
@@ -222,8 +260,33 @@ def main(argv=None) -> dict:
     synthetic = strategy.experimental_distribute_dataset(
         tf.data.Dataset.from_tensors((x, y)).repeat()
     )
-    pairs_per_s = timed_fit(model, synthetic, args)
-    rss = peak_rss_gb()
+    datasets = {"synthetic": synthetic}
+    if not args.no_pipeline:
+        cifar = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10")
+        path = os.path.join(cifar, "train.npz")
+        if size != 32 or not os.path.exists(path):
+            path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"simclr_bench_{size}.npz")
+            images = rng.integers(0, 256, (2048, size, size, 3), dtype=np.uint8)
+            np.savez(path, images=images, labels=rng.integers(0, num_classes, 2048))
+        datasets["pipeline"] = distributed_dataset(
+            strategy,
+            npz_source(path),
+            batch,
+            image_size=size,
+            mode="pretrain",
+            color_jitter_strength=config.color_jitter_strength,
+            use_blur=config.use_blur,
+        )
+    # Peak RSS of the train step alone: taken before the pipeline has run.
+    rss = []
+    rates = timed_runs(model, datasets, args, after_first=lambda: rss.append(peak_rss_gb()))
+    pairs_per_s = statistics.median(rates["synthetic"])
+    with_pipeline = slowdown = None
+    if "pipeline" in rates:
+        with_pipeline = statistics.median(rates["pipeline"])
+        # Each pipeline window against the synthetic window just before it.
+        ratios = [p / s for p, s in zip(rates["pipeline"], rates["synthetic"], strict=True)]
+        slowdown = 100 * (1 - statistics.median(ratios))
     if args.profile_dir:
         from tools.op_profile import format_op_times, op_times, profile_fit
 
@@ -236,36 +299,16 @@ def main(argv=None) -> dict:
         profile_fit(model, synthetic, 1, args.memory_profile_dir, host_tracer_level=3)
         print(format_live(*live_at_peak(args.memory_profile_dir)), flush=True)
 
-    with_pipeline = None
-    if not args.no_pipeline:
-        cifar = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10")
-        path = os.path.join(cifar, "train.npz")
-        if size != 32 or not os.path.exists(path):
-            path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"simclr_bench_{size}.npz")
-            images = rng.integers(0, 256, (2048, size, size, 3), dtype=np.uint8)
-            np.savez(path, images=images, labels=rng.integers(0, num_classes, 2048))
-        source = npz_source(path)
-        dataset = distributed_dataset(
-            strategy,
-            source,
-            batch,
-            image_size=size,
-            mode="pretrain",
-            color_jitter_strength=config.color_jitter_strength,
-            use_blur=config.use_blur,
-        )
-        with_pipeline = timed_fit(model, dataset, args)
-
     flops = count_train_flops(config, num_classes)
     flops_per_pair = flops / batch
     achieved = pairs_per_s * flops_per_pair / 1e9
     result = {
         "pairs_per_s": round(pairs_per_s, 2),
         "pairs_per_s_with_pipeline": None if with_pipeline is None else round(with_pipeline, 2),
-        "pipeline_slowdown_pct": None
-        if with_pipeline is None
-        else round(100 * (1 - with_pipeline / pairs_per_s), 1),
-        "peak_rss_gb": round(rss, 2),
+        "pipeline_slowdown_pct": None if slowdown is None else round(slowdown, 1),
+        "synthetic_windows": [round(r, 2) for r in rates["synthetic"]],
+        "pipeline_windows": [round(r, 2) for r in rates.get("pipeline", [])],
+        "peak_rss_gb": round(rss[0], 2),
         "flops_per_pair": flops_per_pair,
         "achieved_gflops": round(achieved, 1),
         "matmul_peak_gflops": round(peak, 1),
