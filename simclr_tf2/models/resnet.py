@@ -136,10 +136,15 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             is_training=train,
         )
 
-    def _update_moving_statistics(self, x, mean, variance) -> None:
-        # The kernel returns the unbiased (n - 1) batch variance; Keras keeps the biased one.
+    @staticmethod
+    def _biased(x, variance):
+        # The kernel returns the unbiased (n - 1) batch variance; it normalised by the
+        # biased one, which Keras keeps.
         count = tf.cast(tf.size(x) // x.shape[-1], tf.float32)
-        variance = variance * ((count - 1.0) / tf.maximum(count, 1.0))
+        return variance * ((count - 1.0) / tf.maximum(count, 1.0))
+
+    def _update_moving_statistics(self, x, mean, variance) -> None:
+        variance = self._biased(x, variance)
         momentum = self.momentum
         for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
             moving.assign(moving * momentum + tf.cast(batch, moving.dtype) * (1.0 - momentum))
@@ -297,7 +302,6 @@ def _norm_relu_conv(norm, conv, x, training):
         return conv(a)
     layer = conv.conv
     x = tf.convert_to_tensor(x)
-    count = float(x.shape[0] * x.shape[1] * x.shape[2]) if x.shape[:3].is_fully_defined() else None
     gamma, beta = norm._scale_offset(x.shape[-1])
 
     @tf.custom_gradient
@@ -308,14 +312,12 @@ def _norm_relu_conv(norm, conv, x, training):
         def grad(dz, *_):
             # After dz exists, so the recomputed activation is alive only now.
             with tf.control_dependencies([dz]):
-                n = count or tf.cast(tf.size(x) // x.shape[-1], tf.float32)
                 y, *_ = tf.raw_ops.FusedBatchNormV3(
                     x=x,
                     scale=gamma,
                     offset=beta,
                     mean=mean,
-                    # The kernel normalised by the biased variance; it returned the unbiased.
-                    variance=variance * ((n - 1.0) / n),
+                    variance=norm._biased(x, variance),
                     epsilon=norm.epsilon,
                     data_format="NHWC",
                     is_training=False,
