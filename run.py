@@ -75,7 +75,8 @@ _HELP = {
     "momentum": "Momentum of lars and momentum.",
     "weight_decay": "L2 weight decay (see the README for what each optimizer decays).",
     # Model.
-    "resnet_depth": "ResNet depth: 18, 34, 50, 101, 152 or 200.",
+    "resnet_depth": "ResNet depth: 18, 34, 50, 101, 152 or 200 (10: one block per group, "
+    "for quick tests).",
     "width_multiplier": "ResNet width multiplier (1, 2, 4, or 0.25 / 0.5 for small runs).",
     "sk_ratio": "Selective-kernel ratio (SimCLRv2: 0.0625); also a ResNet-D stem and "
     "average-pool shortcuts. 0 = off.",

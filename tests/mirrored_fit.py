@@ -60,7 +60,7 @@ def main():
     with strategy.scope():
         model = SimCLRModel(
             num_classes=10,
-            resnet_depth=18,
+            resnet_depth=10,
             width_multiplier=0.25,
             cifar_stem=True,
             global_bn=not args.no_global_bn,

@@ -29,7 +29,7 @@ FLAGS = [
     "--dataset=digits",
     "--eval_split=test",
     "--image_size=32",
-    "--resnet_depth=18",
+    "--resnet_depth=10",
     "--width_multiplier=0.25",
     "--train_batch_size=32",
     "--eval_batch_size=32",
@@ -227,7 +227,7 @@ def test_cluster_equals_one_process_with_four_devices(cluster_and_single):
     np.testing.assert_allclose(losses_multi, losses_single, rtol=1e-6)
     a, b = checkpoint_tensors(multi), checkpoint_tensors(single)
     assert a.keys() == b.keys()
-    assert any("moving_variance" in k for k in a) and len(a) > 150
+    assert any("moving_variance" in k for k in a) and len(a) > 120
     assert int(a["optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"]) == 3
     assert a["optimizer/_trainable_variables/0/.ATTRIBUTES/VARIABLE_VALUE"].dtype == np.float64
     # It trained: the momentum slots hold the (learning-rate scaled) updates of 3 steps.
@@ -312,7 +312,7 @@ def test_distillation_on_a_cluster_equals_one_process(distilled):
 
 def test_a_dead_worker_stops_the_other_and_a_restart_resumes(tmp_path):
     model_dir = str(tmp_path / "model")
-    args = ["--mode=train_then_eval", "--train_steps=30", "--checkpoint_steps=10"]
+    args = ["--mode=train", "--train_steps=30", "--checkpoint_steps=10"]
     procs = start_workers(model_dir, str(tmp_path), *args)
     try:
         deadline = time.monotonic() + RUN_TIMEOUT
@@ -353,5 +353,4 @@ def test_a_dead_worker_stops_the_other_and_a_restart_resumes(tmp_path):
     assert f"Restored {model_dir}/ckpt-{resumed_from}" in chief
     assert f"from step {resumed_from}." in chief
     assert tf.train.latest_checkpoint(model_dir) == f"{model_dir}/ckpt-30"
-    with open(os.path.join(model_dir, "result.json")) as f:
-        assert json.load(f)["global_step"] == 30
+    assert os.listdir(os.path.join(model_dir, "saved_model")) == ["30"]

@@ -35,7 +35,7 @@ def train(policy="none", jit_compile=False, steps_per_execution=1, optimizer="la
     with _dtype_policy(policy):
         model = SimCLRModel(
             num_classes=10,
-            resnet_depth=18,
+            resnet_depth=10,
             width_multiplier=0.25,
             cifar_stem=True,
             temperature=0.5,

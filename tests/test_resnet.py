@@ -22,6 +22,8 @@ def build(model: ResNet, size: int) -> dict:
         (50, 1, False, 224, 23.5e6),
         # ResNet-18 with a 3x3 stem and no fc: 11.17M.
         (18, 1, True, 32, 11.2e6),
+        # ResNet-10 (one block per group), 3x3 stem: 4.89M convolution weights + 5,760 BN.
+        (10, 1, True, 32, 4.898e6),
         # The paper's ResNet-50 (2x): 94M (Table 8 of Chen et al. 2020 lists 94M).
         (50, 2, False, 32, 94e6),
     ],
@@ -62,7 +64,8 @@ def test_resnet18_cifar_stem_named_outputs():
 
 
 @pytest.mark.parametrize(
-    "depth, width", [(18, 0.25), (34, 0.5), (50, 0.5), (101, 0.25), (152, 0.5), (200, 0.25)]
+    "depth, width",
+    [(10, 0.25), (18, 0.25), (34, 0.5), (50, 0.5), (101, 0.25), (152, 0.5), (200, 0.25)],
 )
 def test_every_depth_at_small_widths(depth, width):
     model = ResNet(depth, width, cifar_stem=True)

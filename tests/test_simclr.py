@@ -11,7 +11,7 @@ from simclr_tf2.models.simclr import SimCLRModel
 from simclr_tf2.optim import LARS, build_optimizer
 
 SIZE = 8
-TINY = dict(resnet_depth=18, width_multiplier=0.25, cifar_stem=True)
+TINY = dict(resnet_depth=10, width_multiplier=0.25, cifar_stem=True)
 
 
 def data(n=16, views=2, classes=10, seed=0):

@@ -1,6 +1,7 @@
 """ResNet v1 encoders (He et al., 2016) as used by SimCLR.
 
-The family the paper uses: depths 18 to 200, a width multiplier on every
+The family the paper uses: depths 18 to 200 (and ResNet-10, one residual block
+per group, for smoke tests and quick experiments), a width multiplier on every
 convolution, the "v1.5" bottleneck (stride on the 3x3 convolution), the last
 batch norm of every residual block initialised to zero, and an optional CIFAR
 stem (one 3x3 stride-1 convolution, no max-pool) for images of 32 px or less.
@@ -30,6 +31,7 @@ BATCH_NORM_EPSILON = 1e-5
 
 # depth -> (block type, number of blocks in each of the four groups)
 BLOCK_SPECS = {
+    10: ("residual", (1, 1, 1, 1)),
     18: ("residual", (2, 2, 2, 2)),
     34: ("residual", (3, 4, 6, 3)),
     50: ("bottleneck", (3, 4, 6, 3)),
@@ -680,7 +682,7 @@ class ResNet(keras.layers.Layer):
     """ResNet v1 trunk whose call returns every named intermediate output.
 
     Args:
-        depth: 18, 34, 50, 101, 152 or 200.
+        depth: 10, 18, 34, 50, 101, 152 or 200.
         width_multiplier: multiplies every layer's number of channels: an
             integer as in the paper (1, 2, 4), or 0.25 / 0.5 for small runs.
         cifar_stem: 3x3 stride-1 stem without max-pool, for images <= 32 px.
