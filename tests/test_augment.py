@@ -214,3 +214,31 @@ def test_jpeg_view_decodes_crop_window(colourful):
     decoded = tf.io.decode_jpeg(jpeg, channels=3)
     same = A.simclr_view(decoded, tf.constant([1, 2]), 32, blur=False)
     np.testing.assert_allclose(view, same, atol=2e-2)
+
+
+def test_compiled_and_op_by_op_paths_agree(colourful):
+    # Above COMPILE_ABOVE px the steps after the crop run under XLA; below, op
+    # by op. With the same draws both must give the same view.
+    image = A.resize(colourful, 64)
+    for i in range(40):
+        draws = [tf.random.stateless_uniform([10], [i, 3])]
+        args = ([image], draws, 64, 1.0, True, True, True)
+        compiled = A._finish_views_compiled(*args, True)
+        plain = A._finish_views(*args, False)
+        np.testing.assert_allclose(compiled, plain, atol=2e-5)
+
+
+def test_pair_is_two_views(colourful):
+    seed = tf.constant([4, 9])
+    seed1, seed2 = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    for size in (32, 64):  # op by op, and compiled
+        pair = A.simclr_pair(colourful, seed, size).numpy()
+        assert pair.shape == (size, size, 6)
+        np.testing.assert_allclose(pair[..., :3], A.simclr_view(colourful, seed1, size), atol=1e-6)
+        np.testing.assert_allclose(pair[..., 3:], A.simclr_view(colourful, seed2, size), atol=1e-6)
+    # JPEG pairs decode the union of the two windows once: the same views.
+    jpeg = tf.io.encode_jpeg(tf.constant(colourful), quality=100, chroma_downsampling=False)
+    decoded = tf.io.decode_jpeg(jpeg, channels=3)
+    np.testing.assert_allclose(
+        A.simclr_pair_jpeg(jpeg, seed, 64), A.simclr_pair(decoded, seed, 64), atol=2e-2
+    )

@@ -33,29 +33,26 @@ def _view_fn(mode: str, image_size: int, color_jitter_strength: float, use_blur:
     """Returns fn(example, seed) -> view(s) for `mode`."""
     blur = augment.use_blur_for(image_size, use_blur)
 
-    def pretrain_view(example, seed):
+    def two_views(example, seed):
+        # Both views stacked on channels: (S, S, 6).
         if "image" in example:
-            return augment.simclr_view(
+            views = augment.simclr_pair(
                 example["image"], seed, image_size, color_jitter_strength, blur=blur
             )
+            return views, example["label"]
         encoded = example["encoded"]
-        return tf.cond(
+        views = tf.cond(
             tf.io.is_jpeg(encoded),
-            lambda: augment.simclr_view_jpeg(
+            lambda: augment.simclr_pair_jpeg(
                 encoded, seed, image_size, color_jitter_strength, blur=blur
             ),
-            lambda: augment.simclr_view(
+            lambda: augment.simclr_pair(
                 _decode(encoded), seed, image_size, color_jitter_strength, blur=blur
             ),
         )
+        return views, example["label"]
 
     if mode == "pretrain":
-
-        def two_views(example, seed):
-            seed1, seed2 = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-            views = [pretrain_view(example, seed1), pretrain_view(example, seed2)]
-            return tf.concat(views, axis=-1), example["label"]
-
         return two_views
     if mode == "finetune":
         return lambda example, seed: (
