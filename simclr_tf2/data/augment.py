@@ -141,8 +141,54 @@ def _maybe(coin, fn, image) -> tf.Tensor:
     return result
 
 
-def _jitter_ops(u, strength: float):
-    """The four jitter ops given the brightness, contrast, saturation and hue draws."""
+# The compiled path works on planar (C, H, W) views: each op is then a few
+# elementwise passes over contiguous planes, which XLA vectorises (on (H, W, 3)
+# the per-pixel max/min over 3 channels is not). These give what tf.image's
+# ops give on (H, W, C), to float rounding (tests/test_augment.py).
+
+
+def _contrast_planar(x, factor):
+    mean = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
+    return (x - mean) * factor + mean
+
+
+def _value_and_chroma(x):
+    r, g, b = x[0], x[1], x[2]
+    value = tf.maximum(tf.maximum(r, g), b)
+    return value, value - tf.minimum(tf.minimum(r, g), b)
+
+
+def _saturation_planar(x, factor):
+    # In HSV, c = v (1 - s f_c(h)); scaling s by `factor` (clamped to [0, 1])
+    # gives c' = v - (v - c) s'/s, with s'/s = min(factor, v / (v - min)).
+    value, chroma = _value_and_chroma(x)
+    return value - (value - x) * tf.minimum(factor, tf.math.divide_no_nan(value, chroma))
+
+
+def _hue_planar(x, delta):
+    # Hue in sextants [0, 6), shifted by 6 delta; then the standard HSV -> RGB:
+    # c_n = v - chroma * clip(min(k, 4 - k), 0, 1), k = (n + hue) mod 6, n = 5, 3, 1.
+    value, chroma = _value_and_chroma(x)
+    r, g, b = x[0], x[1], x[2]
+    inverse = tf.math.divide_no_nan(1.0, chroma)
+    hue = tf.where(
+        value == r,
+        (g - b) * inverse,
+        tf.where(value == g, 2.0 + (b - r) * inverse, 4.0 + (r - g) * inverse),
+    )
+    k = tf.constant([5.0, 3.0, 1.0])[:, None, None] + (hue + 6.0 * delta)
+    k = k - 6.0 * tf.floor(k * (1.0 / 6.0))
+    return value - chroma * tf.clip_by_value(tf.minimum(k, 4.0 - k), 0.0, 1.0)
+
+
+def _grayscale_planar(x):
+    luma = 0.2989 * x[0] + 0.587 * x[1] + 0.114 * x[2]
+    return tf.broadcast_to(luma, tf.shape(x))
+
+
+def _jitter_ops(u, strength: float, planar: bool = False):
+    """The four jitter ops given the brightness, contrast, saturation and hue
+    draws, for (H, W, C) images or, `planar`, (C, H, W) ones."""
     delta = 0.8 * strength  # of brightness, contrast and saturation
     low, high = max(1.0 - delta, 0.0), 1.0 + delta
     h = min(0.2 * strength, 0.5)
@@ -151,6 +197,13 @@ def _jitter_ops(u, strength: float):
     contrast = _between(u[1], low, high)
     saturation = _between(u[2], low, high)
     hue = _between(u[3], -h, h)
+    if planar:
+        return (
+            lambda x: x * brightness,
+            lambda x: _contrast_planar(x, contrast),
+            lambda x: _saturation_planar(x, saturation),
+            lambda x: _hue_planar(x, hue),
+        )
     return (
         lambda x: x * brightness,
         lambda x: tf.image.adjust_contrast(x, contrast),
@@ -163,12 +216,14 @@ def _jitter(image, u, strength: float, compiled: bool = False) -> tf.Tensor:
     """Colour jitter given five uniforms: the brightness, contrast, saturation
     and hue draws, then the one that picks the order.
 
-    `compiled` picks the form for XLA: a loop over the four positions with a
-    4-way branch at each, so every op is compiled once (the 24-way branch that
-    runs fastest op by op would compile each op 24 times: 10 s instead of 0.4).
+    `compiled` picks the form for XLA, on a planar (C, H, W) image: a loop over
+    the four positions with a 4-way branch at each, so every op is compiled
+    once (the 24-way branch that runs fastest op by op would compile each op
+    24 times: 10 s instead of 0.4).
     """
     ops = [
-        lambda x, op=op: tf.clip_by_value(op(x), 0.0, 1.0) for op in _jitter_ops(u[:4], strength)
+        lambda x, op=op: tf.clip_by_value(op(x), 0.0, 1.0)
+        for op in _jitter_ops(u[:4], strength, planar=compiled)
     ]
     index = tf.minimum(tf.cast(u[4] * len(_JITTER_ORDERS), tf.int32), len(_JITTER_ORDERS) - 1)
     if compiled:
@@ -215,10 +270,10 @@ def to_grayscale(image) -> tf.Tensor:
 
 def _distort(image, u, strength: float, compiled: bool = False) -> tf.Tensor:
     """Colour distortion given seven uniforms: the jitter coin, the grayscale
-    coin, then the five of `_jitter`."""
+    coin, then the five of `_jitter` (`compiled`: planar, see `_jitter`)."""
     if strength > 0:
         image = _maybe(u[0] < 0.8, lambda x: _jitter(x, u[2:7], strength, compiled), image)
-    return _maybe(u[1] < 0.2, to_grayscale, image)
+    return _maybe(u[1] < 0.2, _grayscale_planar if compiled else to_grayscale, image)
 
 
 def color_distortion(image, seed, strength: float = 1.0) -> tf.Tensor:
@@ -240,35 +295,41 @@ def blur_kernel_size(side: int) -> int:
 BLUR_TRUNCATE_SIGMAS = 4.0
 
 
-def _reflect_pad(image, radius: int, axis: int) -> tf.Tensor:
-    """Pads `radius` rows (axis 0) or columns (axis 1) on both sides, reflecting
-    at the edge pixel as tf.pad's REFLECT (two slices and a concat: MirrorPad
-    costs as much as a blur pass)."""
-    if axis == 0:
-        low, high = image[1 : radius + 1], image[-radius - 1 : -1]
-    else:
-        low, high = image[:, 1 : radius + 1], image[:, -radius - 1 : -1]
-    return tf.concat([tf.reverse(low, [axis]), image, tf.reverse(high, [axis])], axis)
+def _along(image, axis: int, start, stop) -> tf.Tensor:
+    return image[(slice(None),) * axis + (slice(start, stop),)]
 
 
-def _blur_with_radius(image, sigma, radius: int) -> tf.Tensor:
+def _blur_along(image, kernel, radius: int, axis: int) -> tf.Tensor:
+    """One pass of the separable blur: weighted sums of shifted slices (under
+    XLA, one fused loop), reflecting at the edge pixel as tf.pad's REFLECT
+    (two slices and a concat: MirrorPad costs as much as a blur pass)."""
+    low = tf.reverse(_along(image, axis, 1, radius + 1), [axis])
+    high = tf.reverse(_along(image, axis, -radius - 1, -1), [axis])
+    padded = tf.concat([low, image, high], axis)
+    length = tf.shape(image)[axis]
+    return tf.add_n(
+        [kernel[i] * _along(padded, axis, i, i + length) for i in range(2 * radius + 1)]
+    )
+
+
+def _blur_with_radius(image, sigma, radius: int, axes) -> tf.Tensor:
     taps = tf.range(-radius, radius + 1, dtype=tf.float32)
     kernel = tf.exp(-tf.square(taps) / (2.0 * tf.square(sigma)))
     kernel = kernel / tf.reduce_sum(kernel)
-    height, width = tf.shape(image)[0], tf.shape(image)[1]
-    # Weighted sums of shifted slices: under XLA each pass is one fused loop.
-    rows = _reflect_pad(image, radius, 0)
-    image = tf.add_n([kernel[i] * rows[i : i + height] for i in range(2 * radius + 1)])
-    columns = _reflect_pad(image, radius, 1)
-    return tf.add_n([kernel[i] * columns[:, i : i + width] for i in range(2 * radius + 1)])
+    for axis in axes:
+        image = _blur_along(image, kernel, radius, axis)
+    return image
 
 
-def gaussian_blur(image, sigma, kernel_size: int, largest_sigma: float | None = None) -> tf.Tensor:
+def gaussian_blur(
+    image, sigma, kernel_size: int, largest_sigma: float | None = None, axes=(0, 1)
+) -> tf.Tensor:
     """Separable Gaussian blur of an (H, W, C) image, reflecting at the borders.
 
     The kernel spans `kernel_size` taps, truncated to 4 sigma on each side
     (see `BLUR_TRUNCATE_SIGMAS`) and normalised to sum to 1. `largest_sigma`,
-    when sigma is known to stay below it, bounds the radii compiled for.
+    when sigma is known to stay below it, bounds the radii compiled for;
+    `axes` are the image's height and width axes ((1, 2) for a planar image).
     """
     max_radius = kernel_size // 2
     if largest_sigma is not None:
@@ -280,7 +341,7 @@ def gaussian_blur(image, sigma, kernel_size: int, largest_sigma: float | None = 
     needed = tf.cast(tf.math.ceil(BLUR_TRUNCATE_SIGMAS * sigma), tf.int32)
     radius_index = tf.clip_by_value(needed, 1, max_radius) - 1
     branches = [
-        lambda radius=radius: _blur_with_radius(image, sigma, radius)
+        lambda radius=radius: _blur_with_radius(image, sigma, radius, axes)
         for radius in range(1, max_radius + 1)
     ]
     blurred = tf.switch_case(radius_index, branches)
@@ -293,11 +354,13 @@ def random_blur(image, seed, size: int, sigma_range=BLUR_SIGMA_RANGE) -> tf.Tens
     return _blur(image, tf.random.stateless_uniform([2], seed), size, sigma_range)
 
 
-def _blur(image, u, size: int, sigma_range=BLUR_SIGMA_RANGE) -> tf.Tensor:
+def _blur(image, u, size: int, sigma_range=BLUR_SIGMA_RANGE, axes=(0, 1)) -> tf.Tensor:
     """`random_blur` given two uniforms: the coin, then the sigma draw."""
     sigma = _between(u[1], *sigma_range)
     kernel_size = blur_kernel_size(size)
-    return _maybe(u[0] < 0.5, lambda x: gaussian_blur(x, sigma, kernel_size, sigma_range[1]), image)
+    return _maybe(
+        u[0] < 0.5, lambda x: gaussian_blur(x, sigma, kernel_size, sigma_range[1], axes), image
+    )
 
 
 # ----------------------------------------------------------------------- views
@@ -320,13 +383,17 @@ def _finish_views(views, draws, image_size, strength, blur, flip, color_distort,
     uniforms (flip coin, 7 for the colour, 2 for the blur); stacked on channels."""
     finished = []
     for view, u in zip(views, draws, strict=True):
+        if compiled:
+            view = tf.transpose(view, [2, 0, 1])  # planar: see _contrast_planar
         if flip:
-            view = _maybe(u[0] < 0.5, tf.image.flip_left_right, view)
+            flip_fn = (lambda x: tf.reverse(x, [2])) if compiled else tf.image.flip_left_right
+            view = _maybe(u[0] < 0.5, flip_fn, view)
         if color_distort:
             view = _distort(view, u[1:8], strength, compiled)
         if blur:
-            view = _blur(view, u[8:10], image_size)
-        finished.append(tf.clip_by_value(view, 0.0, 1.0))
+            view = _blur(view, u[8:10], image_size, axes=(1, 2) if compiled else (0, 1))
+        view = tf.clip_by_value(view, 0.0, 1.0)
+        finished.append(tf.transpose(view, [1, 2, 0]) if compiled else view)
     return tf.concat(finished, -1) if len(finished) > 1 else finished[0]
 
 
