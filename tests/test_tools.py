@@ -40,12 +40,16 @@ def test_show_augmentations_bad_dataset_exits_2():
 
 
 def test_benchmark_input_ends_with_json():
-    proc = run("tools/benchmark_input.py", "--seconds=0.5", "--batch=32", "--jpegs=40")
+    proc = run(
+        "tools/benchmark_input.py", "--seconds=0.5", "--batch=32", "--jpegs=40", "--breakdown"
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     for key in ("pairs_per_s_32", "pairs_per_s_224", "cores", "matmul_gflops"):
         assert key in result
     assert result["pairs_per_s_32"] > 0 and result["pairs_per_s_224"] > 0
+    parts = result["breakdown_224_ms_per_pair"]
+    assert len(parts) == 7 and all(ms > 0 for ms in parts.values())
     assert result["cores"] == len(os.sched_getaffinity(0))
     assert np.isclose(
         result["pairs_per_s_224_at_290"],

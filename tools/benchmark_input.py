@@ -6,7 +6,10 @@ Two cases, as in the project's performance bar:
   * 224 px views from JPEG files of 400x350 px (about 46 KB each, written to a
     temporary folder), with the per-image Gaussian blur on.
 
-Usage: python tools/benchmark_input.py [--seconds 20] [--batch 256]
+Usage: python tools/benchmark_input.py [--seconds 20] [--batch 256] [--breakdown]
+--breakdown also times parts of the 224 px pipeline (JPEG bytes in memory):
+decoding each crop window vs their union, decode + resize, the steps after the
+crop op by op vs compiled, the pair without blur, the whole pair.
 The last line printed is one JSON object with pairs_per_s_32, pairs_per_s_224,
 cores, the fp32 matmul peak measured in the same run, and both rates scaled to
 the 290 GFLOP/s peak at which the project's reference figures were taken.
@@ -29,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from simclr_tf2.data import augment  # noqa: E402
 from simclr_tf2.data.pipeline import build_dataset  # noqa: E402
 from simclr_tf2.data.sources import folder_source, npz_source  # noqa: E402
 from tools.hardware import REFERENCE_PEAK_GFLOPS, cores, matmul_peak_gflops  # noqa: E402
@@ -74,11 +78,74 @@ def write_jpegs(folder: str, count: int) -> float:
     return float(np.mean(sizes))
 
 
+def _rate_of(fn, data, seconds: float, batch: int) -> float:
+    """Pairs/s of fn(jpeg_bytes, seed) mapped over `data` in a batched tf.data pipeline."""
+    ds = tf.data.Dataset.from_tensor_slices(data).repeat().enumerate()
+    ds = ds.map(
+        lambda i, jpeg: fn(jpeg, tf.stack([tf.constant(0, tf.int64), i])),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=False,
+    )
+    return pairs_per_second(
+        ds.batch(batch).prefetch(tf.data.AUTOTUNE).map(lambda x: (x, x)), seconds, 2
+    )
+
+
+def breakdown(folder: str, seconds: float, batch: int, size: int = 224) -> dict[str, float]:
+    """CPU milliseconds per pair of parts of the 224 px pipeline (cores x 1000 / pairs/s)."""
+    data = [open(os.path.join(folder, f), "rb").read() for f in sorted(os.listdir(folder))]
+
+    def crop_seeds(seed):
+        return [augment._split(view_seed, 2)[0] for view_seed in augment._split(seed, 2)]
+
+    def windows(jpeg, seed):
+        shape = tf.image.extract_jpeg_shape(jpeg)
+        return tf.stack([augment.crop_window(shape, s) for s in crop_seeds(seed)])
+
+    def token(images):  # a scalar per pair: batching costs nothing
+        return tf.add_n([tf.cast(tf.reduce_sum(image[:1, :1]), tf.float32) for image in images])
+
+    crops = [tf.random.stateless_uniform([size, size, 3], [0, i]) for i in range(2)]
+
+    def after_crop(compiled):
+        finish = augment._finish_views_compiled if compiled else augment._finish_views
+
+        def fn(_, seed):
+            draws = [tf.random.stateless_uniform([10], s) for s in augment._split(seed, 2)]
+            return finish(crops, draws, size, 1.0, True, True, True, compiled)
+
+        return fn
+
+    stages = {
+        "decode each crop window": lambda j, s: token(
+            [tf.image.decode_and_crop_jpeg(j, w, channels=3) for w in tf.unstack(windows(j, s))]
+        ),
+        "decode the union of both windows": lambda j, s: token(
+            [tf.image.decode_and_crop_jpeg(j, augment.union_window(windows(j, s)), channels=3)]
+        ),
+        "decode + bicubic resize of both": lambda j, s: token(
+            augment.decode_and_random_crops(j, crop_seeds(s), size)
+        ),
+        "after the crop, op by op (in-memory crops)": after_crop(False),
+        "after the crop, compiled (in-memory crops)": after_crop(True),
+        "whole pair without blur": lambda j, s: augment.simclr_pair_jpeg(j, s, size, blur=False),
+        "whole pair": lambda j, s: augment.simclr_pair_jpeg(j, s, size),
+    }
+    result = {}
+    for name, fn in stages.items():
+        result[name] = round(cores() * 1000 / _rate_of(fn, data, seconds, batch), 2)
+        print(f"  {name:45s} {result[name]:6.2f} ms per pair ({cores()} cores busy)")
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="timed seconds per case")
     parser.add_argument("--batch", type=int, default=256, help="batch size (pairs)")
     parser.add_argument("--jpegs", type=int, default=1000, help="JPEG files to write")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="also time parts of the 224 px pipeline"
+    )
     args = parser.parse_args()
 
     peak_before = matmul_peak_gflops()
@@ -96,6 +163,7 @@ def main() -> None:
             f"224 px from 400x350 JPEG files ({mean_bytes / 1000:.0f} KB), blur on: "
             f"{rate224:8.0f} pairs/s"
         )
+        parts = breakdown(folder, args.seconds, args.batch) if args.breakdown else None
     # The peak is taken before and after; the mean stands for the run.
     peak = (peak_before + matmul_peak_gflops()) / 2
     scale = REFERENCE_PEAK_GFLOPS / peak
@@ -114,6 +182,7 @@ def main() -> None:
                 "pairs_per_s_32_at_290": round(rate32 * scale, 1),
                 "pairs_per_s_224_at_290": round(rate224 * scale, 1),
                 "jpeg_kb": round(mean_bytes / 1000, 1),
+                **({"breakdown_224_ms_per_pair": parts} if parts else {}),
             }
         )
     )

@@ -4,7 +4,12 @@ Every random choice comes from stateless ops keyed by `seed` (a shape-[2]
 integer tensor), so the same image and seed always give the same view, on any
 device and in any `tf.data` order. `simclr_view` composes the paper's
 pipeline: random resized crop + flip, colour distortion (jitter with p=0.8,
-grayscale with p=0.2), then Gaussian blur with p=0.5.
+grayscale with p=0.2), then Gaussian blur with p=0.5; `simclr_pair` makes the
+two views of an image (from JPEG bytes, with one decode for both).
+
+Above 32 px (`COMPILE_ABOVE`) the steps after the crop run as one XLA-compiled
+function on planar views; at 32 px and below, op by op. Both give the same
+views for the same seed, to float rounding.
 
 This module imports nothing else from the package.
 """
@@ -485,22 +490,33 @@ def simclr_pair_jpeg(
     """`simclr_pair` of encoded JPEG bytes, decoding once: only the smallest
     window that holds both crops (one entropy-decoding pass instead of two)."""
     seeds = [_split(view_seed, 2) for view_seed in _split(seed, 2)]
-    shape = tf.image.extract_jpeg_shape(jpeg_bytes)
-    windows = tf.stack([crop_window(shape, crop_seed) for crop_seed, _ in seeds])
+    views = decode_and_random_crops(jpeg_bytes, [crop_seed for crop_seed, _ in seeds], image_size)
+    rest = [rest_seed for _, rest_seed in seeds]
+    return _finish(views, rest, image_size, color_jitter_strength, blur, True, True)
+
+
+def union_window(windows) -> tf.Tensor:
+    """The smallest [offset_y, offset_x, height, width] window holding all of
+    `windows` (a (n, 4) tensor of such windows)."""
     top = tf.reduce_min(windows[:, :2], 0)
     bottom = tf.reduce_max(windows[:, :2] + windows[:, 2:], 0)
-    region = tf.image.decode_and_crop_jpeg(
-        jpeg_bytes, tf.concat([top, bottom - top], 0), channels=3
-    )
-    views = [
+    return tf.concat([top, bottom - top], 0)
+
+
+def decode_and_random_crops(jpeg_bytes, crop_seeds, size: int) -> list[tf.Tensor]:
+    """Random resized crops of one JPEG, one per seed, decoding only the union
+    of their windows, once."""
+    shape = tf.image.extract_jpeg_shape(jpeg_bytes)
+    windows = tf.stack([crop_window(shape, crop_seed) for crop_seed in crop_seeds])
+    union = union_window(windows)
+    region = tf.image.decode_and_crop_jpeg(jpeg_bytes, union, channels=3)
+    return [
         resize(
-            tf.slice(region, tf.concat([w[:2] - top, [0]], 0), tf.concat([w[2:], [-1]], 0)),
-            image_size,
+            tf.slice(region, tf.concat([w[:2] - union[:2], [0]], 0), tf.concat([w[2:], [-1]], 0)),
+            size,
         )
         for w in tf.unstack(windows)
     ]
-    rest = [rest_seed for _, rest_seed in seeds]
-    return _finish(views, rest, image_size, color_jitter_strength, blur, True, True)
 
 
 def finetune_view(image, seed, image_size: int) -> tf.Tensor:
