@@ -376,10 +376,11 @@ def use_blur_for(image_size: int, use_blur: bool = True) -> bool:
     return bool(use_blur) and image_size > 32
 
 
-# Above this side, the steps after the crop run as one XLA-compiled function:
-# fused, the colour ops and the blur cost a fraction of TensorFlow's kernels
-# (at 224 px, 1.25-1.35x the pairs/s of the whole JPEG pipeline); at 32 px the
-# call costs more than it saves, so small views run op by op.
+# Above this side, the steps after the crop run as one XLA-compiled function on
+# planar views: fused, they cost about a quarter of TensorFlow's kernels run op
+# by op (at 224 px the whole JPEG pipeline makes 1.45-1.65x the pairs/s; see
+# README, "Input pipeline speed"); at 32 px the call costs more than it saves,
+# so small views run op by op. The first call compiles (about 9 s at 224 px).
 COMPILE_ABOVE = 32
 
 
