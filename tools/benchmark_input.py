@@ -95,12 +95,9 @@ def breakdown(folder: str, seconds: float, batch: int, size: int = 224) -> dict[
     """CPU milliseconds per pair of parts of the 224 px pipeline (cores x 1000 / pairs/s)."""
     data = [open(os.path.join(folder, f), "rb").read() for f in sorted(os.listdir(folder))]
 
-    def crop_seeds(seed):
-        return [augment._split(view_seed, 2)[0] for view_seed in augment._split(seed, 2)]
-
     def windows(jpeg, seed):
         shape = tf.image.extract_jpeg_shape(jpeg)
-        return tf.stack([augment.crop_window(shape, s) for s in crop_seeds(seed)])
+        return tf.stack([augment.crop_window(shape, s) for s in augment._pair_seeds(seed)[0]])
 
     def token(images):  # a scalar per pair: batching costs nothing
         return tf.add_n([tf.cast(tf.reduce_sum(image[:1, :1]), tf.float32) for image in images])
@@ -111,7 +108,7 @@ def breakdown(folder: str, seconds: float, batch: int, size: int = 224) -> dict[
         finish = augment._finish_views_compiled if compiled else augment._finish_views
 
         def fn(_, seed):
-            draws = [tf.random.stateless_uniform([10], s) for s in augment._split(seed, 2)]
+            draws = [tf.random.stateless_uniform([10], s) for s in augment._pair_seeds(seed)[1]]
             return finish(crops, draws, size, 1.0, True, True, True, compiled)
 
         return fn
@@ -124,7 +121,7 @@ def breakdown(folder: str, seconds: float, batch: int, size: int = 224) -> dict[
             [tf.image.decode_and_crop_jpeg(j, augment.union_window(windows(j, s)), channels=3)]
         ),
         "decode + bicubic resize of both": lambda j, s: token(
-            augment.decode_and_random_crops(j, crop_seeds(s), size)
+            augment.decode_and_random_crops(j, augment._pair_seeds(s)[0], size)
         ),
         "after the crop, op by op (in-memory crops)": after_crop(False),
         "after the crop, compiled (in-memory crops)": after_crop(True),
