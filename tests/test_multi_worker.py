@@ -42,8 +42,9 @@ FLAGS = [
     "--cluster_timeout=120",
 ]
 # Bounds on every wait, so a broken cluster fails the test instead of hanging CI
-# (a whole tiny run takes ~30 s here; two runs share the 2 cores).
-RUN_TIMEOUT = 300
+# (a whole tiny run takes 30-80 s here; two runs share the 2 cores, and another
+# test file's runs may share them too).
+RUN_TIMEOUT = 900
 LOST_WORKER_EXIT = 90
 
 
@@ -332,7 +333,10 @@ def test_a_dead_worker_stops_the_other_and_a_restart_resumes(tmp_path):
     chief = log_of(tmp_path, 0)
     assert code == 1, chief[-3000:]
     assert waited < LOST_WORKER_EXIT
-    last = chief.strip().splitlines()[-1]
+    # One line of ours; TensorFlow's C++ threads may still log after it while shutting down.
+    ours = [line for line in chief.splitlines() if line.startswith("run.py: ")]
+    assert len(ours) == 1, chief[-3000:]
+    last = ours[0]
     assert re.fullmatch(
         # The error names the peer when TensorFlow's does.
         r"run\.py: worker 0: (worker 1|another worker) died or became unreachable.*; stopping\. "

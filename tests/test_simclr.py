@@ -39,8 +39,10 @@ def test_call_returns_named_outputs():
     stacked = model(x)["final_avg_pool"]
     pair = model((x[..., :3], x[..., 3:]))["final_avg_pool"]
     assert stacked.shape[0] == 32
-    np.testing.assert_allclose(stacked, pair, atol=1e-6)
-    np.testing.assert_allclose(stacked[:16], model(x[..., :3])["final_avg_pool"], atol=1e-6)
+    # Batches of 32 and 16 may run different conv kernels: float32 round-off only.
+    close = {"rtol": 1e-5, "atol": 1e-6}
+    np.testing.assert_allclose(stacked, pair, **close)
+    np.testing.assert_allclose(stacked[:16], model(x[..., :3])["final_avg_pool"], **close)
 
 
 def test_supervised_loss_sends_no_gradient_into_encoder_while_pretraining():

@@ -93,5 +93,6 @@ def test_float32_agrees_up_to_amplified_round_off(runs):
     np.testing.assert_allclose(two["step_losses"][0], one["step_losses"][0], rtol=1e-5)
     np.testing.assert_allclose(two["step_losses"], one["step_losses"], rtol=1e-5)
     # Three LARS steps at lr 0.125 amplify that round-off in the zero-initialised
-    # BN gammas to ~1e-4 (the float64 runs above show the logic itself is exact).
-    assert max_weight_diff(one, two) < 5e-4
+    # BN gammas to ~1e-4 here; the bound leaves room for other CPUs' kernels (the
+    # float64 runs above show the logic itself is exact; local BN differs by > 1e-3).
+    assert max_weight_diff(one, two) < 1e-3

@@ -27,11 +27,13 @@ peak_rss_gb, flops_per_pair, pct_of_matmul_peak and the settings.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import resource
 import statistics
 import sys
+import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -270,7 +272,10 @@ def main(argv=None) -> dict:
         cifar = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10")
         path = os.path.join(cifar, "train.npz")
         if size != 32 or not os.path.exists(path):
-            path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"simclr_bench_{size}.npz")
+            # A file of this process's own: two runs at once must not share one.
+            handle, path = tempfile.mkstemp(prefix=f"simclr_bench_{size}_", suffix=".npz")
+            os.close(handle)
+            atexit.register(os.remove, path)
             images = rng.integers(0, 256, (2048, size, size, 3), dtype=np.uint8)
             np.savez(path, images=images, labels=rng.integers(0, num_classes, 2048))
         datasets["pipeline"] = distributed_dataset(

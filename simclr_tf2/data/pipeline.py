@@ -84,8 +84,8 @@ def build_dataset(
         batch_size: examples per batch (per replica under a strategy).
         image_size: side of the views.
         mode: "pretrain" (two views stacked on channels: (B, S, S, 6)),
-            "finetune" (crop + flip) or "eval" (centre crop; one pass, no
-            shuffle, last batch kept).
+            "finetune" (crop + flip) or "eval" (centre crop; one pass in the
+            source's order, last batch kept).
         color_jitter_strength: s of the colour distortion.
         use_blur: Gaussian blur (never at 32 px or less).
         seed: seed of the shuffle and of every view.
@@ -103,6 +103,8 @@ def build_dataset(
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not one of {MODES}.")
     training = mode != "eval"
+    # An eval pass keeps the source's order (per-example results line up with it).
+    deterministic = deterministic or not training
     ds = source.dataset()
     if every > 1:
         ds = ds.shard(every, 0)
