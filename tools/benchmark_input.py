@@ -23,6 +23,7 @@ import os
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # oneDNN CPU kernels (off by default on CPUs without AVX-512 VNNI): see simclr_tf2/__init__.py.
@@ -93,11 +94,10 @@ def _rate_of(fn, data, seconds: float, batch: int) -> float:
 
 def breakdown(folder: str, seconds: float, batch: int, size: int = 224) -> dict[str, float]:
     """CPU milliseconds per pair of parts of the 224 px pipeline (cores x 1000 / pairs/s)."""
-    data = [open(os.path.join(folder, f), "rb").read() for f in sorted(os.listdir(folder))]
+    data = [Path(folder, name).read_bytes() for name in sorted(os.listdir(folder))]
 
     def windows(jpeg, seed):
-        shape = tf.image.extract_jpeg_shape(jpeg)
-        return tf.stack([augment.crop_window(shape, s) for s in augment._pair_seeds(seed)[0]])
+        return augment.jpeg_crop_windows(jpeg, augment._pair_seeds(seed)[0])
 
     def token(images):  # a scalar per pair: batching costs nothing
         return tf.add_n([tf.cast(tf.reduce_sum(image[:1, :1]), tf.float32) for image in images])

@@ -409,7 +409,7 @@ def _finish_views(views, draws, image_size, strength, blur, flip, color_distort,
             view = _blur(view, u[8:10], image_size, axes=(1, 2) if compiled else (0, 1))
         view = tf.clip_by_value(view, 0.0, 1.0)
         finished.append(tf.transpose(view, [1, 2, 0]) if compiled else view)
-    return tf.concat(finished, -1) if len(finished) > 1 else finished[0]
+    return tf.concat(finished, -1)  # one view: returned as it is
 
 
 _finish_views_compiled = tf.function(_finish_views, jit_compile=True)
@@ -511,11 +511,17 @@ def union_window(windows) -> tf.Tensor:
     return tf.concat([top, bottom - top], 0)
 
 
+def jpeg_crop_windows(jpeg_bytes, crop_seeds) -> tf.Tensor:
+    """The (n, 4) random crop windows of a JPEG (see `crop_window`), one per
+    seed, from its header alone."""
+    shape = tf.image.extract_jpeg_shape(jpeg_bytes)
+    return tf.stack([crop_window(shape, crop_seed) for crop_seed in crop_seeds])
+
+
 def decode_and_random_crops(jpeg_bytes, crop_seeds, size: int) -> list[tf.Tensor]:
     """Random resized crops of one JPEG, one per seed, decoding only the union
     of their windows, once."""
-    shape = tf.image.extract_jpeg_shape(jpeg_bytes)
-    windows = tf.stack([crop_window(shape, crop_seed) for crop_seed in crop_seeds])
+    windows = jpeg_crop_windows(jpeg_bytes, crop_seeds)
     union = union_window(windows)
     region = tf.image.decode_and_crop_jpeg(jpeg_bytes, union, channels=3)
     return [

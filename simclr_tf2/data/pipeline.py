@@ -39,17 +39,17 @@ def _view_fn(mode: str, image_size: int, color_jitter_strength: float, use_blur:
             views = augment.simclr_pair(
                 example["image"], seed, image_size, color_jitter_strength, blur=blur
             )
-            return views, example["label"]
-        encoded = example["encoded"]
-        views = tf.cond(
-            tf.io.is_jpeg(encoded),
-            lambda: augment.simclr_pair_jpeg(
-                encoded, seed, image_size, color_jitter_strength, blur=blur
-            ),
-            lambda: augment.simclr_pair(
-                _decode(encoded), seed, image_size, color_jitter_strength, blur=blur
-            ),
-        )
+        else:
+            encoded = example["encoded"]
+            views = tf.cond(
+                tf.io.is_jpeg(encoded),
+                lambda: augment.simclr_pair_jpeg(
+                    encoded, seed, image_size, color_jitter_strength, blur=blur
+                ),
+                lambda: augment.simclr_pair(
+                    _decode(encoded), seed, image_size, color_jitter_strength, blur=blur
+                ),
+            )
         return views, example["label"]
 
     if mode == "pretrain":
