@@ -5,7 +5,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf2.models.resnet import ResNet, SelectiveKernelConv2D, SqueezeExcitation
+from simclr_tf2.models.resnet import (
+    BottleneckBlock,
+    ResNet,
+    SelectiveKernelConv2D,
+    SqueezeExcitation,
+)
 from simclr_tf2.models.simclr import SimCLRModel
 
 
@@ -32,20 +37,37 @@ def test_selective_kernel_shapes_and_attention_sums_to_one_over_branches(strides
     # The output is the attention-weighted mix of the branches.
     mix = a * weights[:, None, None, 0] + b * weights[:, None, None, 1]
     np.testing.assert_allclose(y, mix, atol=1e-5)
-    # Attention descriptor: max(24 * 0.0625, min_dim=8) = 8 units.
-    assert sk.reduce.kernel.shape == (24, 8)
+    # Attention descriptor: max(int(24 * 0.0625), min_dim=8) = 8 channels, 1x1 convolutions.
+    assert sk.reduce.kernel.shape == (1, 1, 24, 8)
+    assert sk.expand.kernel.shape == (1, 1, 8, 48)
 
 
-def test_the_second_branch_is_dilated_also_when_strided():
+def test_both_branches_are_3x3_halves_of_one_convolution_and_norm():
+    """SimCLRv2's SK: one 3x3 convolution to 2 * filters, one batch norm + ReLU,
+    split into the two branches (the authors' code; no dilated branch)."""
     sk = SelectiveKernelConv2D(4, 2, global_bn=False)
-    x = tf.constant(np.random.default_rng(2).normal(size=(1, 11, 11, 3)), tf.float32)
-    sk(x, training=False)
-    kernel = sk.conv_dilated.kernel
-    # A dilated (rate 2) 3x3 convolution at stride 1, sampled at even positions.
-    dilated = tf.nn.conv2d(x, kernel, 1, "SAME", dilations=2)[:, ::2, ::2, :]
-    np.testing.assert_allclose(sk.conv_dilated(x[:, ::2, ::2, :]), dilated, atol=1e-5)
-    # At stride 1 the layer itself is dilated.
-    assert SelectiveKernelConv2D(4, 1).conv_dilated.dilation_rate == (2, 2)
+    x = tf.constant(np.random.default_rng(2).normal(size=(2, 11, 11, 3)), tf.float32)
+    a, b = sk.branches(x, training=False)
+    assert sk.conv.conv.kernel.shape == (3, 3, 3, 8)
+    assert sk.norm.gamma.shape == (8,)
+    both = tf.nn.relu(sk.norm(sk.conv(x), training=False)).numpy()
+    np.testing.assert_allclose(a, both[..., :4], atol=1e-6)
+    np.testing.assert_allclose(b, both[..., 4:], atol=1e-6)
+    assert a.shape == (2, 6, 6, 4)
+
+
+def test_resnet_d_shortcut_pools_at_every_projection_and_counts_the_pad_at_odd_sizes():
+    block = BottleneckBlock(4, 2, use_projection=True, sk_ratio=0.0625, global_bn=False)
+    x = np.random.default_rng(4).normal(size=(1, 5, 5, 3)).astype(np.float32)
+    pooled = block.shortcut_pool(block.shortcut_pad(x)).numpy()
+    # Padded by one zero at the end, 2x2 windows at stride 2 divided by 4.
+    padded = np.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+    expected = padded.reshape(1, 3, 2, 3, 2, 3).mean(axis=(2, 4))
+    np.testing.assert_allclose(pooled, expected, atol=1e-6)
+    stride1 = BottleneckBlock(4, 1, use_projection=True, sk_ratio=0.0625, global_bn=False)
+    assert stride1.shortcut_pad is None and stride1.shortcut_pool.padding == "same"
+    plain = BottleneckBlock(4, 2, use_projection=True, global_bn=False)
+    assert plain.shortcut_pool is None and plain.shortcut_conv.strides == 2
 
 
 def test_squeeze_excitation_gates_channels_in_zero_one():
@@ -72,19 +94,39 @@ def zero_initialisers(monkeypatch):
         monkeypatch.setattr(cls, "__call__", zeros)
 
 
-@pytest.mark.parametrize(
-    "depth, width, expected",
-    [
-        # SimCLRv2 (Chen et al., 2020b), Table 1: R50 (1x)+SK 35M, R152 (3x)+SK 795M.
-        (50, 1, 35e6),
-        (152, 3, 795e6),
-    ],
-)
-def test_sk_parameter_counts_match_simclrv2(depth, width, expected, zero_initialisers):
-    model = ResNet(depth, width, sk_ratio=0.0625, global_bn=False)
-    outputs = model(keras.KerasTensor((1, 64, 64, 3)))  # creates the weights, computes nothing
-    assert outputs["final_avg_pool"].shape == (1, 2048 * width)
-    assert n_params(model) == pytest.approx(expected, rel=0.01)
+# Trainable parameters as the authors' TF2 code counts them for their released
+# configurations at 224 px: the encoder alone, and (where given) the whole model with a
+# 3-layer 128-d projection head and a 1000-class supervised head.
+RELEASED = [
+    (50, 1, 0.0, 23_508_032, 34_216_104),
+    (50, 2, 0.0, 93_907_072, None),
+    (50, 4, 0.0, 375_378_176, None),
+    (50, 1, 0.0625, 35_215_584, None),
+    (101, 1, 0.0625, 64_662_304, None),
+    (152, 1, 0.0625, 88_940_896, None),
+    (152, 2, 0.0625, 353_398_528, None),
+    (152, 3, 0.0625, 794_704_160, 877_157_768),
+]
+
+
+@pytest.mark.parametrize("depth, width, sk_ratio, encoder, whole", RELEASED)
+def test_parameter_counts_equal_the_authors(
+    depth, width, sk_ratio, encoder, whole, zero_initialisers
+):
+    model = SimCLRModel(
+        num_classes=1000,
+        resnet_depth=depth,
+        width_multiplier=width,
+        sk_ratio=sk_ratio,
+        global_bn=False,
+        num_proj_layers=3,
+        proj_out_dim=128,
+    )
+    model.build((None, 224, 224, 3))  # creates the weights, computes nothing
+    assert model.encoder.output_width == 2048 * width
+    assert n_params(model.encoder) == encoder
+    if whole is not None:
+        assert n_params(model) == whole
 
 
 def test_sk_imagenet_stem_is_resnet_d_and_shortcuts_average_pool():
@@ -97,7 +139,8 @@ def test_sk_imagenet_stem_is_resnet_d_and_shortcuts_average_pool():
     assert stem_kernels == [(3, 3, 3, 8), (3, 3, 8, 8), (3, 3, 8, 16)]
     block = model.block_group2.block_0
     assert block.shortcut_pool is not None and block.shortcut_conv.strides == 1
-    assert model.block_group1.block_0.shortcut_pool is None  # stride 1: no pool
+    # Also at stride 1 (the authors' code): a 2x2 "same" average pool.
+    assert model.block_group1.block_0.shortcut_pool.strides == (1, 1)
     # The stem's five layers are one stage (frozen together by fine_tune_after_block=0).
     assert len(model.stages[0]) == 6
 
@@ -128,7 +171,8 @@ def test_every_depth_with_sk_and_se_trains(depth, sk_ratio, se_ratio):
     sk_layers = [la for la in model._flatten_layers() if isinstance(la, SelectiveKernelConv2D)]
     se_layers = [la for la in model._flatten_layers() if isinstance(la, SqueezeExcitation)]
     blocks = {18: 8, 34: 16, 50: 16}[depth]
-    assert len(sk_layers) == (blocks if sk_ratio else 0)
+    # Selective kernels only in bottleneck blocks, as in the authors' code.
+    assert len(sk_layers) == (blocks if sk_ratio and depth >= 50 else 0)
     assert len(se_layers) == (blocks if se_ratio else 0)
     if depth == 18:  # and through fit's compiled train step
         model.compile(optimizer=keras.optimizers.SGD(0.05))

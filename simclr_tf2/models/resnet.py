@@ -6,12 +6,13 @@ convolution, the "v1.5" bottleneck (stride on the 3x3 convolution), the last
 batch norm of every residual block initialised to zero, and an optional CIFAR
 stem (one 3x3 stride-1 convolution, no max-pool) for images of 32 px or less.
 
-SimCLRv2's variants (Chen et al., 2020b): with `sk_ratio` > 0 every 3x3
-convolution that is followed by batch norm and ReLU becomes a selective-kernel
-convolution (`SelectiveKernelConv2D`), the ImageNet stem becomes ResNet-D's
-three 3x3 convolutions, and strided projection shortcuts average-pool before
-their 1x1 convolution; with `se_ratio` > 0 every block ends in
-squeeze-excitation (`SqueezeExcitation`) before the shortcut is added.
+SimCLRv2's variants (Chen et al., 2020b), exactly as the authors' code builds
+them, so that their released checkpoints load (`simclr_tf2.compat`): with
+`sk_ratio` > 0 the 3x3 convolution of every bottleneck block becomes a
+selective-kernel convolution (`SelectiveKernelConv2D`), the ImageNet stem
+becomes ResNet-D's three 3x3 convolutions, and every projection shortcut
+average-pools before its 1x1 convolution; with `se_ratio` > 0 every block ends
+in squeeze-excitation (`SqueezeExcitation`) before the shortcut is added.
 
 With `global_bn=True` every batch norm is `synchronized=True`, so under
 `tf.distribute` its statistics are computed over the global batch and no
@@ -350,14 +351,19 @@ def _norm_relu_conv(norm, conv, x, training):
 
 
 class SelectiveKernelConv2D(keras.layers.Layer):
-    """Selective-kernel convolution (Li et al., 2019), as SimCLRv2 uses it.
+    """Selective-kernel convolution (Li et al., 2019) in SimCLRv2's form.
 
-    Two 3x3 branches, the second dilated by 2 (a 5x5 receptive field), each
-    followed by batch norm and ReLU; a descriptor of their sum (global average
-    pool, a Dense of `max(filters * sk_ratio, min_dim)` units, batch norm, ReLU)
-    gives per-channel logits for each branch, and a softmax over the two
-    branches mixes them. The output is already normalised and rectified: it
-    replaces a 3x3 convolution + batch norm + ReLU.
+    SimCLRv2's released models use a two-branch variant in which both branches
+    are plain 3x3 convolutions: one convolution with `2 * filters` outputs,
+    one batch norm + ReLU over all of them, then the channels are split into
+    the two branches. A descriptor of the branches' sum (global average pool,
+    a 1x1 convolution to `max(int(filters * sk_ratio), min_dim)` channels,
+    batch norm, ReLU, a 1x1 convolution to `2 * filters`) is split the same
+    way into per-channel logits of each branch; a softmax across the two
+    branches mixes them. The output is already normalised and rectified: the
+    layer replaces a 3x3 convolution + batch norm + ReLU. Variables and their
+    shapes are those of the authors' checkpoints (1x1 convolutions, not Dense
+    layers), so their weights load as they are.
 
     Args:
         filters: output channels.
@@ -389,47 +395,22 @@ class SelectiveKernelConv2D(keras.layers.Layer):
         self.batch_norm_decay = batch_norm_decay
         self.batch_norm_epsilon = batch_norm_epsilon
         bn_args = dict(global_bn=global_bn, momentum=batch_norm_decay, epsilon=batch_norm_epsilon)
-        self.conv_3x3 = FixedPaddingConv2D(filters, 3, strides, name="conv2d_3x3")
-        # Dilation 2 with stride 2 samples only even positions, so it equals an
-        # undilated 3x3 convolution of the input subsampled by 2 (TF has no
-        # strided dilated convolution).
-        self.conv_dilated = keras.layers.Conv2D(
-            filters,
-            3,
-            padding="same",
-            dilation_rate=2 if strides == 1 else 1,
-            use_bias=False,
-            kernel_initializer=keras.initializers.VarianceScaling(),
-            name="conv2d_dilated",
-        )
-        self.norm_3x3 = batch_norm(name="batch_normalization_3x3", **bn_args)
-        self.norm_dilated = batch_norm(name="batch_normalization_dilated", **bn_args)
+        # Both branches in one convolution: channels [0, filters) and [filters, 2 * filters).
+        self.conv = FixedPaddingConv2D(2 * filters, 3, strides, name="conv2d")
+        self.norm = batch_norm(name="batch_normalization", **bn_args)
         self.attention_width = max(int(filters * sk_ratio), min_dim)
-        self.reduce = keras.layers.Dense(
-            self.attention_width,
-            use_bias=False,
-            kernel_initializer=keras.initializers.VarianceScaling(),
-            name="attention_reduce",
-        )
+        self.reduce = _pointwise(self.attention_width, "attention_reduce")
         self.reduce_norm = batch_norm(name="attention_batch_normalization", **bn_args)
-        self.expand = keras.layers.Dense(
-            2 * filters,
-            use_bias=False,
-            kernel_initializer=keras.initializers.VarianceScaling(),
-            name="attention_expand",
-        )
+        self.expand = _pointwise(2 * filters, "attention_expand")
 
     def branches(self, inputs, training=None):
         """The two normalised, rectified branch outputs."""
-        a = keras.ops.relu(self.norm_3x3(self.conv_3x3(inputs), training=training))
-        if self.strides == 2:
-            inputs = inputs[:, ::2, ::2, :]
-        b = keras.ops.relu(self.norm_dilated(self.conv_dilated(inputs), training=training))
-        return a, b
+        x = keras.ops.relu(self.norm(self.conv(inputs), training=training))
+        return keras.ops.split(x, 2, axis=-1)
 
     def attention(self, a, b, training=None):
         """(batch, 2, filters) branch weights; they sum to 1 over axis 1."""
-        descriptor = keras.ops.mean(a + b, axis=(1, 2))
+        descriptor = keras.ops.mean(a + b, axis=(1, 2), keepdims=True)
         descriptor = keras.ops.relu(self.reduce_norm(self.reduce(descriptor), training=training))
         logits = keras.ops.reshape(self.expand(descriptor), (-1, 2, self.filters))
         return keras.ops.softmax(logits, axis=1)
@@ -455,12 +436,25 @@ class SelectiveKernelConv2D(keras.layers.Layer):
         return config
 
 
+def _pointwise(filters: int, name: str, use_bias: bool = False) -> keras.layers.Conv2D:
+    """A 1x1 convolution on (B, 1, 1, C) descriptors (SK attention, squeeze-excitation)."""
+    return keras.layers.Conv2D(
+        filters,
+        1,
+        use_bias=use_bias,
+        kernel_initializer=keras.initializers.VarianceScaling(),
+        name=name,
+    )
+
+
 class SqueezeExcitation(keras.layers.Layer):
     """Squeeze-excitation (Hu et al., 2018): channels rescaled by a gate in (0, 1).
 
-    Global average pool, Dense to `max(1, int(filters * se_ratio))` units with
-    ReLU, Dense back to the input's channels with a sigmoid; the input is
-    multiplied by that gate.
+    Global average pool, a 1x1 convolution (with bias) to
+    `max(1, int(filters * se_ratio))` channels with ReLU, a 1x1 convolution
+    back to the input's channels with a sigmoid; the input is multiplied by
+    that gate. 1x1 convolutions, as in SimCLRv2's code, so that its
+    checkpoints' kernels load as they are.
 
     Args:
         filters: the block's base width (its bottleneck width).
@@ -472,16 +466,16 @@ class SqueezeExcitation(keras.layers.Layer):
         self.filters = filters
         self.se_ratio = se_ratio
         self.reduced = max(1, int(filters * se_ratio))
-        self.squeeze = keras.layers.Dense(self.reduced, name="se_reduce")
+        self.squeeze = _pointwise(self.reduced, "se_reduce", use_bias=True)
         self.excite = None
 
     def build(self, input_shape):
-        self.excite = keras.layers.Dense(int(input_shape[-1]), name="se_expand")
+        self.excite = _pointwise(int(input_shape[-1]), "se_expand", use_bias=True)
 
     def call(self, inputs):
-        descriptor = keras.ops.relu(self.squeeze(keras.ops.mean(inputs, axis=(1, 2))))
-        gate = keras.ops.sigmoid(self.excite(descriptor))
-        return inputs * gate[:, None, None, :]
+        descriptor = keras.ops.mean(inputs, axis=(1, 2), keepdims=True)
+        gate = keras.ops.sigmoid(self.excite(keras.ops.relu(self.squeeze(descriptor))))
+        return inputs * gate
 
     def get_config(self):
         config = super().get_config()
@@ -496,9 +490,11 @@ class _Block(keras.layers.Layer):
     norm is zero-initialised so that every block starts as the identity. Layers
     are held as named attributes (conv1, bn1, ...), not in Python lists, because
     `tf.train.Checkpoint` does not follow lists of Keras layers.
-    `_spatial_conv` is the one place a 3x3 convolution followed by batch norm
-    and ReLU is made: with `sk_ratio` > 0 it is a selective-kernel convolution,
-    which normalises and rectifies itself (its norm slot is None).
+    With `sk_ratio` > 0 (SimCLRv2), projection shortcuts are ResNet-D's in
+    every block type, and a bottleneck's 3x3 convolution is selective-kernel
+    (`_spatial_conv`); it normalises and rectifies itself (its norm slot is
+    None). Residual blocks (ResNet-18/34) have no selective kernels, as in the
+    authors' code.
     """
 
     expansion = 1
@@ -524,12 +520,19 @@ class _Block(keras.layers.Layer):
         self.batch_norm_epsilon = batch_norm_epsilon
         self.sk_ratio = sk_ratio
         self.se_ratio = se_ratio
-        self.shortcut_pool = self.shortcut_conv = self.shortcut_norm = None
+        self.shortcut_pad = self.shortcut_pool = self.shortcut_conv = self.shortcut_norm = None
         if use_projection:
-            if sk_ratio > 0 and strides > 1:
-                # ResNet-D: average-pool, then a 1x1 convolution that sees every pixel.
+            if sk_ratio > 0:
+                # ResNet-D, as SimCLRv2 has it: a 2x2 average pool (also at stride 1),
+                # then a 1x1 convolution that sees every pixel. Strided, the input is
+                # padded by one at the end and pooled without padding, so at odd sizes
+                # the last window averages a zero in.
+                if strides > 1:
+                    self.shortcut_pad = keras.layers.ZeroPadding2D(
+                        ((0, 1), (0, 1)), name="shortcut_pad"
+                    )
                 self.shortcut_pool = keras.layers.AveragePooling2D(
-                    2, strides, padding="same", name="shortcut_pool"
+                    2, strides, padding="valid" if strides > 1 else "same", name="shortcut_pool"
                 )
             self.shortcut_conv = FixedPaddingConv2D(
                 filters * self.expansion,
@@ -581,6 +584,8 @@ class _Block(keras.layers.Layer):
     def call(self, inputs, training=None):
         shortcut = inputs
         if self.shortcut_conv is not None:
+            if self.shortcut_pad is not None:
+                shortcut = self.shortcut_pad(shortcut)
             if self.shortcut_pool is not None:
                 shortcut = self.shortcut_pool(shortcut)
             shortcut = self.shortcut_norm(self.shortcut_conv(shortcut), training=training)
@@ -618,17 +623,22 @@ class _Block(keras.layers.Layer):
 
 
 class ResidualBlock(_Block):
-    """Two 3x3 convolutions (ResNet-18 and -34); with SK the first is selective."""
+    """Two 3x3 convolutions (ResNet-18 and -34); never selective-kernel."""
 
     expansion = 1
 
     def __init__(self, filters: int, strides: int = 1, **kwargs):
         super().__init__(filters, strides, **kwargs)
-        conv1, bn1 = self._spatial_conv(filters, strides, "conv2d_1", "batch_normalization_1")
         # The last convolution is followed by the zero-initialised norm, not ReLU.
         self._add_path(
-            [conv1, FixedPaddingConv2D(filters, 3, 1, name="conv2d_2")],
-            [bn1, self._norm("batch_normalization_2", zero_init=True)],
+            [
+                FixedPaddingConv2D(filters, 3, strides, name="conv2d_1"),
+                FixedPaddingConv2D(filters, 3, 1, name="conv2d_2"),
+            ],
+            [
+                self._norm("batch_normalization_1"),
+                self._norm("batch_normalization_2", zero_init=True),
+            ],
         )
 
 
@@ -805,8 +815,9 @@ class ResNet(keras.layers.Layer):
         for conv, norm in self.stem_extra:
             x = keras.ops.relu(norm(conv(x), training=training))
         x = self.stem_conv(x)
-        x = keras.ops.relu(self.stem_norm(x, training=training))
+        # As the authors' TF Hub exports: the stem convolution's output, before its norm.
         outputs["initial_conv"] = x
+        x = keras.ops.relu(self.stem_norm(x, training=training))
         if self.stem_pool is not None:
             x = self.stem_pool(x)
         outputs["initial_max_pool"] = x
