@@ -28,6 +28,8 @@ import tensorflow as tf
 from absl import logging
 
 from simclr_tf2.callbacks import KNNMonitor
+from simclr_tf2.compat import AuthorsCheckpoint, CompatError
+from simclr_tf2.compat import find as find_authors_checkpoint
 from simclr_tf2.config import Config, ConfigError, validate
 from simclr_tf2.data.pipeline import build_dataset, distributed_dataset
 from simclr_tf2.data.sources import DataError, Source, load_source
@@ -182,14 +184,35 @@ def restore_model(prefix: str, *, encoder_only: bool = False) -> SimCLRModel:
     return model
 
 
-def load_teacher(path: str):
+def load_teacher(path: str, ft_proj_selector: int = 0, image_size: int | None = None):
     """(teacher, num_classes, where) for `--teacher`: a fine-tuned model_dir, checkpoint
     prefix or SavedModel whose supervised head labels images (call inside the strategy's
     scope). `teacher(images)` returns its logits; it is never trained.
 
+    The authors' fine-tuned checkpoints and SavedModels are loaded too
+    (`simclr_tf2.compat`); their supervised head reads projection-head layer
+    `ft_proj_selector`, and `image_size` must fit their stem.
+
     A checkpoint (or a model_dir's newest one) is rebuilt from the config.json beside it;
     otherwise the newest export under `path` is loaded.
     """
+    released = authors_checkpoint("teacher", path)
+    if released is not None:
+        if not released.architecture.num_classes:
+            raise ConfigError(
+                f"--teacher={path}: it has no supervised head to label images with; use one "
+                "of the authors' fine-tuned models as the teacher."
+            )
+        try:
+            model = released.build_model(ft_proj_selector, image_size)
+        except CompatError as error:
+            raise ConfigError(f"--teacher={error}") from None
+        model.trainable = False
+        return (
+            (lambda images: model(images, training=False)["logits_sup"]),
+            model.num_classes,
+            path,
+        )
     prefix = latest_checkpoint(path)
     if prefix is not None:
         try:
@@ -238,6 +261,99 @@ def _check_image_size(config: Config, source: Source) -> None:
             f"{source.image_shape[0]}x{source.image_shape[1]}; upscaling them more than 2x "
             f"is almost surely a mistake: use --image_size={side}."
         )
+
+
+def authors_checkpoint(flag: str, path: str) -> AuthorsCheckpoint | None:
+    """The authors' TF2 checkpoint or SavedModel at `path` (None if it is not theirs);
+    ConfigError naming `flag` when it cannot be read."""
+    if find_authors_checkpoint(path) is None:
+        return None
+    try:
+        return AuthorsCheckpoint(path)
+    except CompatError as error:
+        raise ConfigError(f"--{flag}={error}") from None
+
+
+def _check_agrees(config: Config, released: AuthorsCheckpoint) -> None:
+    """The architecture flags must describe the authors' checkpoint being loaded."""
+    arch = released.architecture
+    for flag, value in arch.flags().items():
+        given = getattr(config, flag)
+        if given != value:
+            raise ConfigError(
+                f"--{flag}={given}: --checkpoint={config.checkpoint} has {flag}={value} "
+                f"({arch.describe()}); give --{flag}={value}."
+            )
+    if config.cifar_stem != arch.cifar_stem:
+        raise ConfigError(
+            f"--image_size={config.image_size}: --checkpoint={config.checkpoint} has "
+            f"{'a CIFAR stem (32 px or less)' if arch.cifar_stem else 'an ImageNet stem'}; give "
+            f"--image_size={released.default_image_size()}."
+        )
+
+
+def import_authors_checkpoint(
+    path: str, out_dir: str, *, ft_proj_selector: int = 0, image_size: int | None = None
+) -> tuple[AuthorsCheckpoint, Config, str, str]:
+    """Writes the authors' checkpoint or SavedModel at `path` into `out_dir` as this
+    project's own: a checkpoint `ckpt-<their step>` (model and optimizer, so run.py,
+    tools/linear_eval.py and tools/knn_eval.py take `--checkpoint=out_dir`), its
+    `config.json`, and the SavedModel export `saved_model/<their step>/`.
+
+    Returns (the authors' checkpoint, the config written, checkpoint prefix, export).
+
+    Raises:
+        ConfigError: nothing of theirs at `path`, a layout their code does not write,
+            an `image_size` that does not fit the stem, or an `out_dir` that already
+            holds checkpoints (nothing is overwritten).
+    """
+    released = authors_checkpoint("checkpoint", path)
+    if released is None:
+        raise ConfigError(
+            f"--checkpoint={path}: no checkpoint or SavedModel of the authors' TF2 code "
+            "(google-research/simclr) there; give a ckpt-N prefix, a directory with a "
+            "'checkpoint' file, or a SavedModel directory of theirs."
+        )
+    existing = tf.train.latest_checkpoint(out_dir) if tf.io.gfile.isdir(out_dir) else None
+    if existing:
+        raise ConfigError(
+            f"--out={out_dir}: already holds checkpoints ({existing}); give a new or empty "
+            "directory."
+        )
+    kwargs = released.model_kwargs(ft_proj_selector)
+    config = Config(
+        model_dir=out_dir,
+        checkpoint=path,
+        image_size=image_size or released.default_image_size(),
+        train_mode=kwargs["train_mode"],
+        lineareval_while_pretraining=kwargs["lineareval_while_pretraining"],
+        ft_proj_selector=ft_proj_selector,
+        **released.architecture.flags(),
+    )
+    validate(config)
+    _check_agrees(config, released)
+    model = build_model(config, released.architecture.num_classes)
+    model.build((None, config.image_size, config.image_size, 3))
+    try:
+        released.load_into(model)
+    except CompatError as error:
+        raise ConfigError(f"--checkpoint={error}") from None
+    step = released.global_step
+    model.compile(
+        optimizer=build_optimizer(
+            config.optimizer, config.learning_rate, config.momentum, config.weight_decay
+        )
+    )
+    model.optimizer.build(model.trainable_variables)
+    model.optimizer.iterations.assign(step)
+    tf.io.gfile.makedirs(out_dir)
+    write_json(os.path.join(out_dir, "config.json"), json.loads(config.to_json()))
+    manager = tf.train.CheckpointManager(
+        tf.train.Checkpoint(model=model, optimizer=model.optimizer), out_dir, max_to_keep=1
+    )
+    prefix = manager.save(checkpoint_number=step)
+    export = export_step(model, out_dir, step, config.keep_hub_module_max)
+    return released, config, prefix, export
 
 
 def latest_checkpoint(path: str) -> str | None:
@@ -380,7 +496,8 @@ def _knn_monitor(
     )
 
 
-def _write_json(path: str, data: dict) -> None:
+def write_json(path: str, data: dict) -> None:
+    """`data` as indented JSON at `path`, replaced whole (never half written)."""
     # Written to a temporary file and renamed, so a crash never leaves half a file.
     tmp = path + ".tmp"
     with tf.io.gfile.GFile(tmp, "w") as f:
@@ -434,8 +551,8 @@ def evaluate(
         for key, value in metrics.items():
             tf.summary.scalar(key, value)
     writer.close()
-    _write_json(os.path.join(model_dir, f"result_{step}.json"), result)
-    _write_json(os.path.join(model_dir, "result.json"), result)
+    write_json(os.path.join(model_dir, f"result_{step}.json"), result)
+    write_json(os.path.join(model_dir, "result.json"), result)
     logging.info("Evaluation at step %d: %s", step, result)
     return result
 
@@ -447,15 +564,21 @@ def _export(model: SimCLRModel, config: Config, out_dir: str | None = None) -> s
     return path
 
 
-def _initialise(model: SimCLRModel, config: Config) -> str:
+def _initialise(
+    model: SimCLRModel, config: Config, released: AuthorsCheckpoint | None = None
+) -> str:
     """Loads `config.checkpoint` (prefix, directory or SavedModel) into `model`.
 
     Fine-tuning and distillation take the encoder and projection head (a new
     supervised head); pretraining and evaluation take every weight there is.
+    `released` is the authors' checkpoint at `config.checkpoint`, if it is theirs.
     """
     # A fine-tuning or distillation run starts a new supervised head; evaluating
     # (--mode=eval --checkpoint=...) a fine-tuned model takes its head too.
     new_head = config.train_mode != "pretrain" and config.mode != "eval"
+    if released is not None:
+        _initialise_from_authors(model, config, released, new_head)
+        return config.checkpoint
     layers = [model.encoder, model.projection_head]
     if not new_head and model.supervised_head is not None:
         layers.append(model.supervised_head)
@@ -493,6 +616,35 @@ def _initialise(model: SimCLRModel, config: Config) -> str:
             "architecture (check --resnet_depth, --width_multiplier, --proj_head_mode)."
         ) from None
     return export
+
+
+def _initialise_from_authors(
+    model: SimCLRModel, config: Config, released: AuthorsCheckpoint, new_head: bool
+) -> None:
+    theirs = released.architecture.num_classes
+    take_head = not new_head and model.supervised_head is not None
+    if take_head and theirs != model.num_classes:
+        if config.mode == "eval":
+            raise ConfigError(
+                f"--checkpoint={config.checkpoint}: "
+                + (
+                    f"its supervised head predicts {theirs} classes, the evaluation data has "
+                    f"{model.num_classes}; evaluate it on data of its task, or fine-tune it "
+                    "first (--train_mode=finetune)."
+                    if theirs
+                    else "it has no supervised head to evaluate; fine-tune it first "
+                    "(--train_mode=finetune) or evaluate it linearly "
+                    "(--flagfile=simclr_tf2/recipes/linear_eval.flags)."
+                )
+            )
+        take_head = False  # pretraining on other data: a new linear head
+    try:
+        released.load_into(model, supervised_head=take_head)
+    except CompatError as error:
+        raise ConfigError(f"--checkpoint={error}") from None
+    if config.mode == "eval":
+        # Evaluating a checkpoint reports its step (the optimizer's iterations).
+        model.optimizer.iterations.assign(released.global_step)
 
 
 def _plan(config: Config, train_source: Source | None) -> tuple[int, int, int, int]:
@@ -545,6 +697,12 @@ def run(config: Config, eval_dataset: str | None = None, strategy=None) -> dict 
             f"--mode=eval: no checkpoint in --model_dir={config.model_dir} and no training run "
             "started there; start --mode=train first, or give --checkpoint."
         )
+
+    # The authors' checkpoint to start from, checked against the flags before any data.
+    released = authors_checkpoint("checkpoint", config.checkpoint) if config.checkpoint else None
+    if released is not None:
+        _check_agrees(config, released)
+        logging.info("--checkpoint is the authors': %s", released.architecture.describe())
 
     train_source = eval_source = None
     # The watcher needs the training set's size to know the final step.
@@ -603,7 +761,7 @@ def run(config: Config, eval_dataset: str | None = None, strategy=None) -> dict 
     cluster = cluster_of(strategy)
     tf.io.gfile.makedirs(config.model_dir)
     if training and cluster.is_chief:
-        _write_json(os.path.join(config.model_dir, "config.json"), json.loads(config.to_json()))
+        write_json(os.path.join(config.model_dir, "config.json"), json.loads(config.to_json()))
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -616,7 +774,9 @@ def run(config: Config, eval_dataset: str | None = None, strategy=None) -> dict 
     with strategy.scope(), _dtype_policy(config.mixed_precision):
         teacher = None
         if config.train_mode == "distill" and training:
-            teacher, teacher_classes, where = load_teacher(config.teacher)
+            teacher, teacher_classes, where = load_teacher(
+                config.teacher, config.ft_proj_selector, config.image_size
+            )
             if num_classes and num_classes != teacher_classes:
                 raise ConfigError(
                     f"--teacher={config.teacher}: it predicts {teacher_classes} classes, but "
@@ -653,7 +813,7 @@ def run(config: Config, eval_dataset: str | None = None, strategy=None) -> dict 
         checkpoint.restore(latest).assert_existing_objects_matched()
         logging.info("Restored %s", latest)
     elif config.checkpoint:
-        logging.info("Initialised from %s", _initialise(model, config))
+        logging.info("Initialised from %s", _initialise(model, config, released))
     start_step = int(model.optimizer.iterations.numpy())
 
     logging.info(

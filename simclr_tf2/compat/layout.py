@@ -43,6 +43,19 @@ class Architecture:
     num_proj_layers: int
     num_classes: int | None
 
+    def flags(self) -> dict:
+        """The run.py flags (Config fields) this architecture fixes, with their values."""
+        fixed = dict(
+            resnet_depth=self.resnet_depth,
+            width_multiplier=self.width_multiplier,
+            sk_ratio=self.sk_ratio,
+            se_ratio=self.se_ratio,
+            proj_head_mode=self.proj_head_mode,
+        )
+        if self.proj_head_mode != "none":
+            fixed.update(proj_out_dim=self.proj_out_dim, num_proj_layers=self.num_proj_layers)
+        return fixed
+
     def describe(self) -> str:
         width = f"{self.width_multiplier:g}x"
         parts = [f"ResNet-{self.resnet_depth} {width}"]

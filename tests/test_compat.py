@@ -1,0 +1,308 @@
+"""The authors' TF2 checkpoints and SavedModels (simclr_tf2.compat, tools/import_checkpoint.py,
+run.py --checkpoint / --teacher), against the fixtures written by their own code in
+../shared/data/gr_checkpoints with the outputs their code computes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from simclr_tf2.compat import AuthorsCheckpoint, CompatError, find
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(ROOT, "..", "shared", "data", "gr_checkpoints")
+pytestmark = pytest.mark.skipif(
+    not os.path.isdir(FIXTURES), reason="../shared/data/gr_checkpoints is not here"
+)
+OUTPUTS = ("final_avg_pool", "proj_head_output", "logits_sup")
+# (fixture, form): every fixture as a checkpoint, the SK one also as their SavedModel.
+FORMS = [
+    ("r18_cifar_w025", ""),
+    ("r50_sk0_w025", ""),
+    ("r50_sk1_w025", ""),
+    ("r50_sk1_w025", "saved_model/1234"),
+]
+
+
+def fixture(name: str) -> str:
+    return os.path.join(FIXTURES, name)
+
+
+def expected(name: str) -> dict:
+    return dict(np.load(os.path.join(fixture(name), "expected_outputs.npz")))
+
+
+def assert_outputs_equal(outputs: dict, name: str) -> None:
+    ref = expected(name)
+    for key in OUTPUTS:
+        got = np.asarray(outputs[key], np.float64)
+        # 1e-5 relative to the largest value: float32 round-off of different kernels.
+        scale = np.abs(ref[key]).max()
+        assert got.shape == ref[key].shape, key
+        assert np.abs(got - ref[key]).max() <= 1e-5 * scale, (name, key)
+
+
+@pytest.mark.parametrize("name, form", FORMS)
+def test_imported_model_computes_the_authors_outputs(name, form):
+    flags = json.load(open(os.path.join(fixture(name), "flags.json")))
+    released = AuthorsCheckpoint(os.path.join(fixture(name), form))
+    arch = released.architecture
+    assert arch.resnet_depth == int(flags["flags"]["resnet_depth"])
+    assert arch.width_multiplier == float(flags["flags"]["width_multiplier"])
+    assert arch.sk_ratio == float(flags["flags"].get("sk_ratio", 0))
+    assert arch.cifar_stem == (int(flags["flags"]["image_size"]) <= 32)
+    assert arch.num_proj_layers == int(flags["flags"]["num_proj_layers"])
+    assert arch.proj_out_dim == int(flags["flags"]["proj_out_dim"])
+    assert arch.num_classes == flags["num_classes"]
+    assert released.num_params == flags["params"]
+    assert released.global_step == 1234
+    model = released.build_model(image_size=int(flags["flags"]["image_size"]))
+    assert_outputs_equal(model(expected(name)["inputs"], training=False), name)
+
+
+def test_find_tells_theirs_from_ours_and_from_nothing(tmp_path):
+    assert find(fixture("r18_cifar_w025")) is not None
+    assert find(fixture("r50_sk1_w025/saved_model")) is not None  # the newest <step> in it
+    assert find(str(tmp_path)) is None
+    with pytest.raises(CompatError, match="no checkpoint or SavedModel there"):
+        AuthorsCheckpoint(str(tmp_path))
+
+
+def _rewrite(source: str, out: str, drop: str | None = None, reshape: str | None = None) -> str:
+    """The fixture's model variables re-saved under their object paths (the layout their
+    code writes), without `drop` or with `reshape` given a wrong shape."""
+    values = tf.train.load_checkpoint(source)
+    root = tf.train.Checkpoint()
+    for key, _ in tf.train.list_variables(source):
+        if not key.startswith("model/") or key.endswith("_CHECKPOINTABLE_OBJECT_GRAPH"):
+            continue
+        path = key.split("/.ATTRIBUTES")[0]
+        if path == drop:
+            continue
+        value = values.get_tensor(key)
+        if path == reshape:
+            value = value[..., : value.shape[-1] // 2]
+        node = root
+        *parents, leaf = path.split("/")
+        for part in parents:
+            if not hasattr(node, part):
+                setattr(node, part, tf.__internal__.tracking.AutoTrackable())
+            node = getattr(node, part)
+        setattr(node, leaf, tf.Variable(value))
+    return root.write(out)
+
+
+BLOCKS = "model/resnet_model/block_groups"
+BROKEN = {
+    "deleted": dict(drop=f"{BLOCKS}/1/layers/0/conv2d_bn_layers/3/bn/moving_variance"),
+    "reshaped": dict(reshape=f"{BLOCKS}/2/layers/1/conv2d_bn_layers/2/conv2d/kernel"),
+}
+
+
+@pytest.mark.parametrize("how", sorted(BROKEN))
+def test_a_damaged_checkpoint_names_the_variable(how, tmp_path):
+    source = os.path.join(fixture("r18_cifar_w025"), "ckpt-1234")
+    path = _rewrite(source, str(tmp_path / "ckpt"), **BROKEN[how])
+    variable = next(iter(BROKEN[how].values()))
+    # The rewrite itself keeps the layout: unchanged, it loads.
+    intact = _rewrite(source, str(tmp_path / "intact"))
+    AuthorsCheckpoint(intact).build_model(image_size=32)
+    with pytest.raises(CompatError) as error:
+        AuthorsCheckpoint(path).build_model(image_size=32)
+    message = str(error.value)
+    assert variable in message and "\n" not in message
+    assert ("is missing" if how == "deleted" else "has shape (3, 3, 64, 32)") in message
+
+
+def test_an_image_size_that_does_not_fit_the_stem():
+    with pytest.raises(CompatError, match="image_size=224 does not fit .* a CIFAR stem"):
+        AuthorsCheckpoint(fixture("r18_cifar_w025")).build_model(image_size=224)
+
+
+def test_import_tool_writes_a_checkpoint_config_and_export_with_their_outputs(tmp_path):
+    out = tmp_path / "imported"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    tool = [sys.executable, os.path.join(ROOT, "tools", "import_checkpoint.py")]
+    source = fixture("r50_sk1_w025/saved_model/1234")  # their SavedModel form
+    proc = subprocess.run(
+        [*tool, f"--checkpoint={source}", f"--out={out}", "--image_size=64"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ResNet-50 0.25x, selective kernels (sk_ratio 0.0625)" in proc.stdout
+    assert "2,878,594 parameters" in proc.stdout
+    assert (out / "ckpt-1234.index").exists()
+    config = json.loads((out / "config.json").read_text())
+    assert (config["resnet_depth"], config["sk_ratio"], config["num_proj_layers"]) == (
+        50,
+        0.0625,
+        3,
+    )
+    # The export, loaded in a fresh process, computes their outputs.
+    np.save(tmp_path / "inputs.npy", expected("r50_sk1_w025")["inputs"])
+    script = (
+        "import sys, numpy as np, tensorflow as tf\n"
+        "m = tf.saved_model.load(sys.argv[1])\n"
+        "o = m(tf.constant(np.load(sys.argv[2])), trainable=False)\n"
+        "np.savez(sys.argv[3], **{k: v.numpy() for k, v in o.items()})\n"
+    )
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            str(out / "saved_model" / "1234"),
+            str(tmp_path / "inputs.npy"),
+            str(tmp_path / "outputs.npz"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    assert_outputs_equal(dict(np.load(tmp_path / "outputs.npz")), "r50_sk1_w025")
+    # The same directory again: refused, nothing overwritten.
+    again = subprocess.run(
+        [*tool, f"--checkpoint={source}", f"--out={out}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert again.returncode == 2 and "already holds checkpoints" in again.stderr
+
+
+# run.py on digits (32 px) from the authors' CIFAR-stem ResNet-18, whose flags these are.
+R18 = [
+    "--dataset=digits",
+    "--eval_split=test",
+    "--image_size=32",
+    "--resnet_depth=18",
+    "--width_multiplier=0.25",
+    "--proj_out_dim=64",
+    "--num_proj_layers=2",
+    "--train_batch_size=32",
+    "--eval_batch_size=128",
+    "--train_steps=2",
+    "--checkpoint_steps=2",
+    "--warmup_epochs=0",
+]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """run.py cases in one process (tests/run_many.py): {case: (exit code, stderr, model_dir)}."""
+    base = tmp_path_factory.mktemp("runs")
+    r18 = fixture("r18_cifar_w025")
+    damaged = _rewrite(os.path.join(r18, "ckpt-1234"), str(base / "damaged"), **BROKEN["deleted"])
+    cases = {
+        "finetune": ["--mode=train", "--train_mode=finetune", "--optimizer=momentum",
+                     "--learning_rate=0.5", f"--checkpoint={r18}"],
+        "linear_eval": [f"--flagfile={ROOT}/simclr_tf2/recipes/linear_eval.flags",
+                        f"--checkpoint={r18}", "--train_batch_size=32", "--learning_rate=1.0"],
+        "eval": ["--mode=eval", f"--checkpoint={r18}"],
+        "distill": ["--mode=train", "--train_mode=distill", f"--teacher={r18}"],
+        "wrong_depth": ["--mode=train", "--train_mode=finetune", f"--checkpoint={r18}",
+                        "--resnet_depth=50"],
+        "wrong_head": ["--mode=train", "--train_mode=finetune", f"--checkpoint={r18}",
+                       "--num_proj_layers=3"],
+        "wrong_stem": ["--mode=train", "--train_mode=finetune", "--image_size=64",
+                       f"--checkpoint={r18}"],
+        "damaged": ["--mode=train", "--train_mode=finetune", f"--checkpoint={damaged}"],
+    }  # fmt: skip
+    listed = [[*R18, f"--model_dir={base / case}", *args] for case, args in cases.items()]
+    (base / "cases.json").write_text(json.dumps(listed))
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tests", "run_many.py"), "cases.json", "out.json"],
+        cwd=base,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((base / "out.json").read_text())
+    return {
+        case: (r["code"], r["stderr"], str(base / case))
+        for case, r in zip(cases, results, strict=True)
+    }
+
+
+def _trained(model_dir: str) -> dict:
+    from simclr_tf2.train import restore_model
+
+    model = restore_model(tf.train.latest_checkpoint(model_dir))
+    return {v.path.split("/", 1)[1]: v.numpy() for v in model.variables}, model
+
+
+def _theirs() -> dict:
+    model = AuthorsCheckpoint(fixture("r18_cifar_w025")).build_model()
+    return {v.path.split("/", 1)[1]: v.numpy() for v in model.variables}
+
+
+def test_finetuning_from_their_checkpoint_changes_the_encoder_and_a_new_head(runs):
+    code, stderr, model_dir = runs["finetune"]
+    assert code == 0, stderr[-3000:]
+    trained, model = _trained(model_dir)
+    theirs = _theirs()
+    encoder = [k for k in trained if k.startswith("resnet/")]
+    assert len(encoder) == len([k for k in theirs if k.startswith("resnet/")])
+    changed = [k for k in encoder if not np.array_equal(trained[k], theirs[k])]
+    assert len(changed) > len(encoder) // 2
+    # A new head: not theirs, and trained (its bias starts at zero).
+    assert not np.array_equal(trained["head_supervised/kernel"], theirs["head_supervised/kernel"])
+    assert np.abs(trained["head_supervised/bias"]).max() > 0
+
+
+def test_linear_evaluation_of_their_checkpoint_freezes_every_encoder_weight_and_statistic(runs):
+    code, stderr, model_dir = runs["linear_eval"]
+    assert code == 0, stderr[-3000:]
+    trained, _ = _trained(model_dir)
+    theirs = _theirs()
+    encoder = [k for k in trained if k.startswith("resnet/")]
+    assert any("moving_variance" in k for k in encoder)
+    for key in encoder:
+        np.testing.assert_array_equal(trained[key], theirs[key], err_msg=key)
+    assert np.abs(trained["head_supervised/bias"]).max() > 0
+    assert os.path.exists(os.path.join(model_dir, "result.json"))
+
+
+def test_eval_mode_evaluates_their_supervised_head_at_their_step(runs):
+    code, stderr, model_dir = runs["eval"]
+    assert code == 0, stderr[-3000:]
+    result = json.load(open(os.path.join(model_dir, "result.json")))
+    assert result["global_step"] == 1234
+    assert 0 <= result["top_1_accuracy"] <= 1
+    # What was evaluated (and exported) is their model: their outputs.
+    loaded = tf.saved_model.load(os.path.join(model_dir, "saved_model", "1234"))
+    inputs = tf.constant(expected("r18_cifar_w025")["inputs"])
+    assert_outputs_equal(loaded(inputs, trainable=False), "r18_cifar_w025")
+
+
+def test_their_checkpoint_as_a_distillation_teacher(runs):
+    code, stderr, model_dir = runs["distill"]
+    assert code == 0, stderr[-3000:]
+    assert tf.train.latest_checkpoint(model_dir).endswith("ckpt-2")
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("wrong_depth", "--resnet_depth=50: --checkpoint="),
+        ("wrong_head", "--num_proj_layers=3: --checkpoint="),
+        ("wrong_stem", "--image_size=64: --checkpoint="),
+        ("damaged", "conv2d_bn_layers/3/bn/moving_variance is missing"),
+    ],
+)
+def test_flags_that_disagree_with_their_checkpoint_stop_with_one_line(runs, case, message):
+    code, stderr, _ = runs[case]
+    lines = [line for line in stderr.splitlines() if line.startswith("run.py: ")]
+    assert code == 2 and len(lines) == 1 and message in lines[0], stderr[-2000:]
+    assert "Traceback" not in stderr
