@@ -292,20 +292,40 @@ def _check_agrees(config: Config, released: AuthorsCheckpoint) -> None:
         )
 
 
+# Largest difference from the authors' SavedModel's own outputs, relative to their
+# largest value, that an import accepts (float32 round-off of other kernels is ~1e-6).
+IMPORT_TOLERANCE = 1e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class Imported:
+    """What `import_authors_checkpoint` read and wrote."""
+
+    released: AuthorsCheckpoint
+    config: Config
+    checkpoint: str
+    export: str
+    # Output -> relative difference from their SavedModel's outputs (empty for a checkpoint).
+    differences: dict
+
+
 def import_authors_checkpoint(
     path: str, out_dir: str, *, ft_proj_selector: int = 0, image_size: int | None = None
-) -> tuple[AuthorsCheckpoint, Config, str, str]:
+) -> Imported:
     """Writes the authors' checkpoint or SavedModel at `path` into `out_dir` as this
     project's own: a checkpoint `ckpt-<their step>` (model and optimizer, so run.py,
     tools/linear_eval.py and tools/knn_eval.py take `--checkpoint=out_dir`), its
     `config.json`, and the SavedModel export `saved_model/<their step>/`.
 
-    Returns (the authors' checkpoint, the config written, checkpoint prefix, export).
+    From a SavedModel of theirs, the imported model's outputs are first compared with
+    what their SavedModel computes on random images; nothing is written unless they
+    agree to `IMPORT_TOLERANCE`.
 
     Raises:
         ConfigError: nothing of theirs at `path`, a layout their code does not write,
-            an `image_size` that does not fit the stem, or an `out_dir` that already
-            holds checkpoints (nothing is overwritten).
+            an `image_size` that does not fit the stem, outputs that differ from
+            their SavedModel's (likely another `ft_proj_selector`), or an `out_dir`
+            that already holds checkpoints (nothing is overwritten).
     """
     released = authors_checkpoint("checkpoint", path)
     if released is None:
@@ -338,6 +358,20 @@ def import_authors_checkpoint(
         released.load_into(model)
     except CompatError as error:
         raise ConfigError(f"--checkpoint={error}") from None
+    differences = {}
+    if released.variables.kind == "saved_model":
+        differences = released.compare_with_saved_model(model, config.image_size)
+        wrong = {k: v for k, v in differences.items() if not v <= IMPORT_TOLERANCE}
+        if wrong:
+            hint = ""
+            if list(wrong) == ["logits_sup"]:
+                hint = " Only logits_sup differs: their head reads another layer; try "
+                hint += "another --ft_proj_selector."
+            listed = ", ".join(f"{k} {v:.1e}" for k, v in wrong.items())
+            raise ConfigError(
+                f"--checkpoint={path}: the imported model's outputs differ from their "
+                f"SavedModel's ({listed} relative); nothing written.{hint}"
+            )
     step = released.global_step
     model.compile(
         optimizer=build_optimizer(
@@ -353,7 +387,7 @@ def import_authors_checkpoint(
     )
     prefix = manager.save(checkpoint_number=step)
     export = export_step(model, out_dir, step, config.keep_hub_module_max)
-    return released, config, prefix, export
+    return Imported(released, config, prefix, export, differences)
 
 
 def latest_checkpoint(path: str) -> str | None:

@@ -138,6 +138,7 @@ def test_import_tool_writes_a_checkpoint_config_and_export_with_their_outputs(tm
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ResNet-50 0.25x, selective kernels (sk_ratio 0.0625)" in proc.stdout
     assert "2,878,594 parameters" in proc.stdout
+    assert "Checked   against their SavedModel" in proc.stdout
     assert (out / "ckpt-1234.index").exists()
     config = json.loads((out / "config.json").read_text())
     assert (config["resnet_depth"], config["sk_ratio"], config["num_proj_layers"]) == (
@@ -178,6 +179,47 @@ def test_import_tool_writes_a_checkpoint_config_and_export_with_their_outputs(tm
         timeout=600,
     )
     assert again.returncode == 2 and "already holds checkpoints" in again.stderr
+
+
+def test_an_import_that_computes_other_outputs_than_their_saved_model_writes_nothing(tmp_path):
+    from simclr_tf2.config import ConfigError
+    from simclr_tf2.train import import_authors_checkpoint
+
+    # Their head reads h; told it reads head layer 1 (as wide as h), every shape fits,
+    # and only the comparison with their SavedModel's outputs can tell.
+    with pytest.raises(ConfigError, match="Only logits_sup differs.*ft_proj_selector"):
+        import_authors_checkpoint(
+            fixture("r50_sk1_w025/saved_model"),
+            str(tmp_path / "out"),
+            ft_proj_selector=1,
+            image_size=64,
+        )
+    assert not (tmp_path / "out").exists()
+
+
+def test_linear_and_knn_tools_take_their_checkpoint():
+    sys.path.insert(0, ROOT)
+    from tools.linear_eval import checkpoint_encoder
+
+    prefix, encoder = checkpoint_encoder(fixture("r50_sk1_w025"))
+    assert prefix.endswith("ckpt-1234")
+    features = encoder(tf.constant(expected("r50_sk1_w025")["inputs"]))["final_avg_pool"]
+    ref = expected("r50_sk1_w025")["final_avg_pool"]
+    assert np.abs(features.numpy() - ref).max() <= 1e-5 * np.abs(ref).max()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "tools", "knn_eval.py"),
+            f"--checkpoint={fixture('r18_cifar_w025')}",
+            "--dataset=digits",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert result["saved_model"].endswith("ckpt-1234") and result["eval_examples"] == 360
 
 
 # run.py on digits (32 px) from the authors' CIFAR-stem ResNet-18, whose flags these are.

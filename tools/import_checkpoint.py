@@ -15,7 +15,9 @@ supervised head reads; 0 = h, their default) and --image_size (224, or 32 for a 
 Writes into --out this project's checkpoint `ckpt-<their step>` with `config.json` (so
 `run.py --checkpoint=OUT`, `tools/linear_eval.py --checkpoint=OUT` and
 `tools/knn_eval.py --checkpoint=OUT` take it) and the SavedModel `saved_model/<step>/`
-(`tf.saved_model.load`, TF Hub, `keras.layers.TFSMLayer`). Prints what it found.
+(`tf.saved_model.load`, TF Hub, `keras.layers.TFSMLayer`). Prints what it found. From a
+SavedModel of theirs, the imported model's outputs are first checked against what their
+SavedModel computes on random images, and nothing is written unless they agree.
 A checkpoint that does not match their layout stops with one line naming the variable,
 exit status 2.
 """
@@ -56,7 +58,7 @@ def main() -> int:
     from simclr_tf2.train import import_authors_checkpoint
 
     try:
-        released, config, prefix, export = import_authors_checkpoint(
+        imported = import_authors_checkpoint(
             args.checkpoint,
             args.out,
             ft_proj_selector=args.ft_proj_selector,
@@ -65,6 +67,7 @@ def main() -> int:
     except ConfigError as error:
         sys.stderr.write(f"import_checkpoint.py: {error}\n")
         return 2
+    released, config = imported.released, imported.config
     arch = released.architecture
     found = released.variables
     heads = []
@@ -82,9 +85,12 @@ def main() -> int:
     print(f"Read      {found.path} ({found.kind}, step {found.global_step})")
     print(f"Found     {arch.describe()}")
     print(f"          {released.num_params:,} parameters; " + "; ".join(heads))
-    print(f"Wrote     {prefix}  (run.py / tools --checkpoint={args.out})")
+    if imported.differences:
+        compared = ", ".join(f"{k} {v:.1e}" for k, v in imported.differences.items())
+        print(f"Checked   against their SavedModel on random images (relative): {compared}")
+    print(f"Wrote     {imported.checkpoint}  (run.py / tools --checkpoint={args.out})")
     print(f"          {os.path.join(args.out, 'config.json')}  (image_size {config.image_size})")
-    print(f"          {export}  (SavedModel)")
+    print(f"          {imported.export}  (SavedModel)")
     return 0
 
 

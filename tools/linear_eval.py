@@ -9,7 +9,9 @@ Usage:
 
 --saved_model is an export (`model_dir/saved_model/<step>`) or a model_dir (its newest
 export); --checkpoint instead takes a checkpoint prefix or a model_dir (its newest
-checkpoint, the model rebuilt from its config.json). Features are the encoder's
+checkpoint, the model rebuilt from its config.json). The authors' released models
+(google-research/simclr TF2) work as they are: their SavedModel as --saved_model, their
+checkpoint as --checkpoint. Features are the encoder's
 `final_avg_pool` (h) on centre-cropped images (inference mode), computed once; a linear
 classifier is trained on them with SGD, Nesterov momentum 0.9 and a cosine learning-rate
 decay, then top-1 / top-5 on the eval split are printed. The last line of output is one JSON object.
@@ -93,15 +95,22 @@ def top_k(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
 
 def checkpoint_encoder(path: str):
     """(checkpoint path, encoder callable like an export's) from a checkpoint prefix or a
-    model_dir, or a one-line reason it cannot be used."""
+    model_dir (or a checkpoint of the authors' TF2 code), or a one-line reason it cannot
+    be used."""
     from simclr_tf2.config import ConfigError
-    from simclr_tf2.train import latest_checkpoint, restore_model
+    from simclr_tf2.train import authors_checkpoint, latest_checkpoint, restore_model
 
-    prefix = latest_checkpoint(path)
-    if prefix is None:
-        return "no checkpoint there (give model_dir or model_dir/ckpt-<step>)."
     try:
-        encoder = restore_model(prefix, encoder_only=True).encoder
+        released = authors_checkpoint("checkpoint", path)
+        if released is not None:
+            # The encoder's weights do not depend on the image size it is built for.
+            encoder = released.build_model().encoder
+            prefix = released.variables.prefix
+        else:
+            prefix = latest_checkpoint(path)
+            if prefix is None:
+                return "no checkpoint there (give model_dir or model_dir/ckpt-<step>)."
+            encoder = restore_model(prefix, encoder_only=True).encoder
     except ConfigError as error:
         return str(error)
 

@@ -21,6 +21,8 @@ naming the variable: nothing is left at its initial value.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import tensorflow as tf
 
@@ -163,3 +165,30 @@ class AuthorsCheckpoint:
             value = reader.get_tensor(self.variables.keys[name])
             variable.assign(value.astype(variable.dtype))
         return len(pairs)
+
+    def compare_with_saved_model(
+        self, model: SimCLRModel, image_size: int, count: int = 2, seed: int = 0
+    ) -> dict[str, float]:
+        """How far `model`'s outputs are from the authors' SavedModel's own, on `count`
+        random images: {output: largest difference / largest value of theirs}, for
+        `final_avg_pool`, `proj_head_output` and `logits_sup` where both have them.
+
+        Only for a SavedModel (`variables.kind == "saved_model"`): it runs their graph,
+        which is how an import of a full-size release is checked without their code.
+        """
+        if self.variables.kind != "saved_model":
+            raise CompatError(f"{self.path}: not a SavedModel; nothing of theirs to run.")
+        export = os.path.dirname(os.path.dirname(self.variables.prefix))
+        theirs = tf.saved_model.load(export)
+        rng = np.random.default_rng(seed)
+        images = rng.uniform(size=(count, image_size, image_size, 3)).astype(np.float32)
+        expected = theirs(tf.constant(images), trainable=False)
+        ours = model(images, training=False)
+        errors = {}
+        for key in ("final_avg_pool", "proj_head_output", "logits_sup"):
+            if key in expected and key in ours:
+                ref = np.asarray(expected[key], np.float64)
+                got = np.asarray(ours[key], np.float64)
+                scale = max(float(np.abs(ref).max()), 1e-12)
+                errors[key] = float(np.abs(got - ref).max()) / scale
+        return errors
