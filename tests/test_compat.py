@@ -139,6 +139,7 @@ def test_import_tool_writes_a_checkpoint_config_and_export_with_their_outputs(tm
     assert "ResNet-50 0.25x, selective kernels (sk_ratio 0.0625)" in proc.stdout
     assert "2,878,594 parameters" in proc.stdout
     assert "Checked   against their SavedModel" in proc.stdout
+    assert "--resnet_depth=50 --width_multiplier=0.25 --sk_ratio=0.0625" in proc.stdout
     assert (out / "ckpt-1234.index").exists()
     config = json.loads((out / "config.json").read_text())
     assert (config["resnet_depth"], config["sk_ratio"], config["num_proj_layers"]) == (

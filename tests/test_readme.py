@@ -5,6 +5,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -50,16 +52,31 @@ def _run(script, cwd):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+def _released_block() -> str:
+    return next(b for b in _blocks() if "AuthorsCheckpoint" in b)
+
+
 def test_python_examples_run(tmp_path):
-    blocks = _blocks()
+    blocks = [b for b in _blocks() if "AuthorsCheckpoint" not in b]
     assert len(blocks) == 3, "README.md should have the export, model and data examples"
     script = tmp_path / "example.py"
     script.write_text("\n".join(blocks[1:]) + CHECKS)
     _run(script, tmp_path)
 
 
+def test_released_model_example_runs(tmp_path):
+    fixture = os.path.join(ROOT, "..", "shared", "data", "gr_checkpoints", "r50_sk1_w025")
+    if not os.path.isdir(fixture):
+        pytest.skip("../shared/data/gr_checkpoints is not here")
+    # One of the authors' small SavedModels (ResNet-50 0.25x + SK) in place of the download.
+    block = _released_block().replace("r50_1x_sk1/saved_model", f"{fixture}/saved_model")
+    script = tmp_path / "released_example.py"
+    script.write_text(block + "\nassert h.shape == (2, 512), h.shape\n")
+    _run(script, tmp_path)
+
+
 def test_export_example_runs(tmp_path):
-    export_block = _blocks()[0]
+    export_block = [b for b in _blocks() if "AuthorsCheckpoint" not in b][0]
     path = "/tmp/simclr_quickstart/saved_model/330"
     assert path in export_block
     script = tmp_path / "export_example.py"

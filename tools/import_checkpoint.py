@@ -85,6 +85,10 @@ def main() -> int:
     print(f"Read      {found.path} ({found.kind}, step {found.global_step})")
     print(f"Found     {arch.describe()}")
     print(f"          {released.num_params:,} parameters; " + "; ".join(heads))
+    fixed = {**arch.flags(), "image_size": config.image_size}
+    if config.ft_proj_selector:
+        fixed["ft_proj_selector"] = config.ft_proj_selector
+    print("Flags     " + " ".join(f"--{k}={v}" for k, v in fixed.items()))
     if imported.differences:
         compared = ", ".join(f"{k} {v:.1e}" for k, v in imported.differences.items())
         print(f"Checked   against their SavedModel on random images (relative): {compared}")

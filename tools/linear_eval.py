@@ -34,6 +34,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from simclr_tf2.compat import load_saved_model  # noqa: E402
 from simclr_tf2.data.pipeline import build_dataset  # noqa: E402
 from simclr_tf2.data.sources import DataError, Source, load_source  # noqa: E402
 from simclr_tf2.export import latest_export  # noqa: E402
@@ -163,7 +164,8 @@ def load_features(args: argparse.Namespace, tool: str, purpose: str):
                 "model_dir/saved_model/<step> or a model_dir holding exports).\n"
             )
             return 2
-        encoder = tf.saved_model.load(export)
+        # Quiet about the gradients of the authors' exports (inference needs none).
+        encoder = load_saved_model(export)
     try:
         train_source = load_source(args.dataset, args.train_split, args.data_dir)
         eval_source = load_source(

@@ -25,14 +25,27 @@ import os
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from simclr_tf2.compat.layout import Architecture, infer_architecture, their_layout
 from simclr_tf2.compat.reader import CompatError, find, read_variables
 from simclr_tf2.models.simclr import SimCLRModel
 
-__all__ = ["Architecture", "AuthorsCheckpoint", "CompatError", "find"]
+__all__ = ["Architecture", "AuthorsCheckpoint", "CompatError", "find", "load_saved_model"]
 
 _SUPERVISED = "supervised_head/"
+
+
+def load_saved_model(path: str):
+    """`tf.saved_model.load(path)` without TensorFlow's warning per custom-gradient
+    function of a tf-keras model (hundreds of lines for the authors' exports, all about
+    gradients of their synchronized batch norm, which inference never asks for)."""
+    previous = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)
+    try:
+        return tf.saved_model.load(path)
+    finally:
+        logging.set_verbosity(previous)
 
 
 class AuthorsCheckpoint:
@@ -179,7 +192,7 @@ class AuthorsCheckpoint:
         if self.variables.kind != "saved_model":
             raise CompatError(f"{self.path}: not a SavedModel; nothing of theirs to run.")
         export = os.path.dirname(os.path.dirname(self.variables.prefix))
-        theirs = tf.saved_model.load(export)
+        theirs = load_saved_model(export)
         rng = np.random.default_rng(seed)
         images = rng.uniform(size=(count, image_size, image_size, 3)).astype(np.float32)
         expected = theirs(tf.constant(images), trainable=False)
