@@ -147,30 +147,37 @@ def test_import_tool_writes_a_checkpoint_config_and_export_with_their_outputs(tm
         0.0625,
         3,
     )
-    # The export, loaded in a fresh process, computes their outputs.
-    np.save(tmp_path / "inputs.npy", expected("r50_sk1_w025")["inputs"])
+    # The other fixtures, as checkpoints, through the function the tool runs.
+    from simclr_tf2.train import import_authors_checkpoint
+
+    exports = {"r50_sk1_w025": str(out / "saved_model" / "1234")}
+    for name in ("r18_cifar_w025", "r50_sk0_w025", "r50_sk1_w025"):
+        imported = import_authors_checkpoint(fixture(name), str(tmp_path / f"{name}_ckpt"))
+        exports[f"{name}_ckpt"] = imported.export
+    # Every export, loaded in a fresh process, computes their outputs.
+    jobs = []
+    for key, export in exports.items():
+        name = key.removesuffix("_ckpt")
+        np.save(tmp_path / f"{key}.npy", expected(name)["inputs"])
+        jobs.append((export, str(tmp_path / f"{key}.npy"), str(tmp_path / f"{key}.npz")))
     script = (
-        "import sys, numpy as np, tensorflow as tf\n"
-        "m = tf.saved_model.load(sys.argv[1])\n"
-        "o = m(tf.constant(np.load(sys.argv[2])), trainable=False)\n"
-        "np.savez(sys.argv[3], **{k: v.numpy() for k, v in o.items()})\n"
+        "import json, sys, numpy as np, tensorflow as tf\n"
+        "for export, inputs, outputs in json.loads(sys.argv[1]):\n"
+        "    m = tf.saved_model.load(export)\n"
+        "    o = m(tf.constant(np.load(inputs)), trainable=False)\n"
+        "    np.savez(outputs, **{k: v.numpy() for k, v in o.items()})\n"
     )
     loaded = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            script,
-            str(out / "saved_model" / "1234"),
-            str(tmp_path / "inputs.npy"),
-            str(tmp_path / "outputs.npz"),
-        ],
+        [sys.executable, "-c", script, json.dumps(jobs)],
         capture_output=True,
         text=True,
         env=env,
         timeout=600,
     )
     assert loaded.returncode == 0, loaded.stderr[-3000:]
-    assert_outputs_equal(dict(np.load(tmp_path / "outputs.npz")), "r50_sk1_w025")
+    for key in exports:
+        outputs = dict(np.load(tmp_path / f"{key}.npz"))
+        assert_outputs_equal(outputs, key.removesuffix("_ckpt"))
     # The same directory again: refused, nothing overwritten.
     again = subprocess.run(
         [*tool, f"--checkpoint={source}", f"--out={out}"],
@@ -246,9 +253,18 @@ def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("runs")
     r18 = fixture("r18_cifar_w025")
     damaged = _rewrite(os.path.join(r18, "ckpt-1234"), str(base / "damaged"), **BROKEN["deleted"])
+    from simclr_tf2.train import import_authors_checkpoint
+
+    imported = import_authors_checkpoint(r18, str(base / "imported_r18")).checkpoint
+    finetune = [
+        "--mode=train",
+        "--train_mode=finetune",
+        "--optimizer=momentum",
+        "--learning_rate=0.5",
+    ]
     cases = {
-        "finetune": ["--mode=train", "--train_mode=finetune", "--optimizer=momentum",
-                     "--learning_rate=0.5", f"--checkpoint={r18}"],
+        "finetune": [*finetune, f"--checkpoint={r18}"],
+        "finetune_imported": [*finetune, f"--checkpoint={os.path.dirname(imported)}"],
         "linear_eval": [f"--flagfile={ROOT}/simclr_tf2/recipes/linear_eval.flags",
                         f"--checkpoint={r18}", "--train_batch_size=32", "--learning_rate=1.0"],
         "eval": ["--mode=eval", f"--checkpoint={r18}"],
@@ -290,8 +306,10 @@ def _theirs() -> dict:
     return {v.path.split("/", 1)[1]: v.numpy() for v in model.variables}
 
 
-def test_finetuning_from_their_checkpoint_changes_the_encoder_and_a_new_head(runs):
-    code, stderr, model_dir = runs["finetune"]
+@pytest.mark.parametrize("case", ["finetune", "finetune_imported"])
+def test_finetuning_from_their_checkpoint_changes_the_encoder_and_a_new_head(runs, case):
+    """From their checkpoint directly, and from what tools/import_checkpoint.py writes."""
+    code, stderr, model_dir = runs[case]
     assert code == 0, stderr[-3000:]
     trained, model = _trained(model_dir)
     theirs = _theirs()
