@@ -12,19 +12,37 @@ import contextlib
 import io
 import json
 import os
+import subprocess
 import sys
 import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, ROOT)
 
-from absl import app  # noqa: E402
 
-import run  # noqa: E402
+def run_many(cases: list[list[str]], cwd, timeout: int = 600) -> list[dict]:
+    """Runs the cases in one subprocess started in `cwd` (a test's own directory);
+    returns, per case, {"args", "code", "stderr"}."""
+    with open(os.path.join(cwd, "cases.json"), "w") as f:
+        json.dump(cases, f)
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "cases.json", "out.json"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(os.path.join(cwd, "out.json")) as f:
+        results = json.load(f)
+    assert len(results) == len(cases)
+    return results
 
 
 def run_case(args: list[str]) -> dict:
+    from absl import app
+
+    import run
+
     run.FLAGS.unparse_flags()
     stderr = io.StringIO()
     code = None
@@ -42,6 +60,8 @@ def run_case(args: list[str]) -> dict:
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.path.insert(0, ROOT)
     with open(sys.argv[1]) as f:
         cases = json.load(f)
     results = [run_case(args) for args in cases]

@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from simclr_tf2.compat import AuthorsCheckpoint, CompatError, find
+from tests.run_many import run_many
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "..", "shared", "data", "gr_checkpoints")
@@ -81,7 +82,7 @@ def _rewrite(source: str, out: str, drop: str | None = None, reshape: str | None
         if not key.startswith("model/") or key.endswith("_CHECKPOINTABLE_OBJECT_GRAPH"):
             continue
         path = key.split("/.ATTRIBUTES")[0]
-        if path == drop:
+        if drop and (path == drop or path.startswith(drop + "/")):
             continue
         value = values.get_tensor(key)
         if path == reshape:
@@ -118,6 +119,20 @@ def test_a_damaged_checkpoint_names_the_variable(how, tmp_path):
     assert ("is missing" if how == "deleted" else "has shape (3, 3, 64, 32)") in message
 
 
+def test_no_projection_head_like_their_simclrv1_releases(tmp_path):
+    source = os.path.join(fixture("r50_sk0_w025"), "ckpt-1234")
+    path = _rewrite(source, str(tmp_path / "ckpt"), drop="model/_projection_head")
+    released = AuthorsCheckpoint(path)
+    assert released.architecture.proj_head_mode == "none"
+    assert "no projection head" in released.architecture.describe()
+    model = released.build_model(image_size=64)
+    outputs = model(expected("r50_sk0_w025")["inputs"], training=False)
+    ref = expected("r50_sk0_w025")
+    for key in ("final_avg_pool", "logits_sup"):  # their head reads h
+        scale = np.abs(ref[key]).max()
+        assert np.abs(outputs[key].numpy() - ref[key]).max() <= 1e-5 * scale, key
+
+
 def test_an_image_size_that_does_not_fit_the_stem():
     with pytest.raises(CompatError, match="image_size=224 does not fit .* a CIFAR stem"):
         AuthorsCheckpoint(fixture("r18_cifar_w025")).build_model(image_size=224)
@@ -147,6 +162,15 @@ def test_import_tool_writes_a_checkpoint_config_and_export_with_their_outputs(tm
         0.0625,
         3,
     )
+    # tools/linear_eval.py and knn_eval.py take the imported directory as --checkpoint.
+    sys.path.insert(0, ROOT)
+    from tools.linear_eval import checkpoint_encoder
+
+    prefix, encoder = checkpoint_encoder(str(out))
+    assert prefix == str(out / "ckpt-1234")
+    features = encoder(tf.constant(expected("r50_sk1_w025")["inputs"]))["final_avg_pool"]
+    ref = expected("r50_sk1_w025")["final_avg_pool"]
+    assert np.abs(features.numpy() - ref).max() <= 1e-5 * np.abs(ref).max()
     # The other fixtures, as checkpoints, through the function the tool runs.
     from simclr_tf2.train import import_authors_checkpoint
 
@@ -278,16 +302,7 @@ def runs(tmp_path_factory):
         "damaged": ["--mode=train", "--train_mode=finetune", f"--checkpoint={damaged}"],
     }  # fmt: skip
     listed = [[*R18, f"--model_dir={base / case}", *args] for case, args in cases.items()]
-    (base / "cases.json").write_text(json.dumps(listed))
-    proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tests", "run_many.py"), "cases.json", "out.json"],
-        cwd=base,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((base / "out.json").read_text())
+    results = run_many(listed, base, timeout=1200)
     return {
         case: (r["code"], r["stderr"], str(base / case))
         for case, r in zip(cases, results, strict=True)

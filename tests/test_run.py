@@ -9,6 +9,8 @@ import sys
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from tests.run_many import run_many
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
     "--dataset=digits",
@@ -135,17 +137,7 @@ def test_wrong_invocations_exit_2_with_one_line(tmp_path):
     # `python run.py` exits 2 the same way in the tests below.
     # --train_steps=1 first: a case that wrongly passes validation ends quickly.
     cases = [[*TINY, "--train_steps=1", f"--model_dir={tmp_path}", *args] for args, _ in WRONG]
-    (tmp_path / "cases.json").write_text(json.dumps(cases))
-    proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tests", "run_many.py"), "cases.json", "out.json"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((tmp_path / "out.json").read_text())
-    assert len(results) == len(WRONG)
+    results = run_many(cases, tmp_path)
     for (args, expected), result in zip(WRONG, results, strict=True):
         stderr = result["stderr"]
         assert result["code"] == 2, (args, stderr[-2000:])
