@@ -4,7 +4,8 @@
 
 - `obj(images, trainable=False)`: images are float32 in [0, 1], (B, H, W, 3)
   of any size. Returns a dict with the encoder's block outputs
-  (`initial_conv`, `initial_max_pool`, `block_group1`..`block_group4`),
+  (`initial_conv`, the stem convolution before its norm as in the authors' exports;
+  `initial_max_pool`, `block_group1`..`block_group4`),
   `final_avg_pool` (h, the representation), `proj_head_output` (z) and,
   when the model has a supervised head, `logits_sup`. `trainable=True` runs
   batch norm in training mode (batch statistics, moving averages updated),

@@ -658,18 +658,17 @@ def _initialise_from_authors(
     theirs = released.architecture.num_classes
     take_head = not new_head and model.supervised_head is not None
     if take_head and theirs != model.num_classes:
+        if config.mode == "eval" and not theirs:
+            raise ConfigError(
+                f"--checkpoint={config.checkpoint}: it has no supervised head to evaluate; "
+                "fine-tune it first (--train_mode=finetune) or evaluate it linearly "
+                "(--flagfile=simclr_tf2/recipes/linear_eval.flags)."
+            )
         if config.mode == "eval":
             raise ConfigError(
-                f"--checkpoint={config.checkpoint}: "
-                + (
-                    f"its supervised head predicts {theirs} classes, the evaluation data has "
-                    f"{model.num_classes}; evaluate it on data of its task, or fine-tune it "
-                    "first (--train_mode=finetune)."
-                    if theirs
-                    else "it has no supervised head to evaluate; fine-tune it first "
-                    "(--train_mode=finetune) or evaluate it linearly "
-                    "(--flagfile=simclr_tf2/recipes/linear_eval.flags)."
-                )
+                f"--checkpoint={config.checkpoint}: its supervised head predicts {theirs} "
+                f"classes, the evaluation data has {model.num_classes}; evaluate it on data "
+                "of its task, or fine-tune it first (--train_mode=finetune)."
             )
         take_head = False  # pretraining on other data: a new linear head
     try:

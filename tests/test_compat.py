@@ -286,6 +286,11 @@ def runs(tmp_path_factory):
         "--optimizer=momentum",
         "--learning_rate=0.5",
     ]
+    three = str(base / "three_classes.npz")
+    rng = np.random.default_rng(0)
+    np.savez(
+        three, images=rng.integers(0, 255, (12, 32, 32, 3), np.uint8), labels=np.arange(12) % 3
+    )
     cases = {
         "finetune": [*finetune, f"--checkpoint={r18}"],
         "finetune_imported": [*finetune, f"--checkpoint={os.path.dirname(imported)}"],
@@ -300,6 +305,7 @@ def runs(tmp_path_factory):
         "wrong_stem": ["--mode=train", "--train_mode=finetune", "--image_size=64",
                        f"--checkpoint={r18}"],
         "damaged": ["--mode=train", "--train_mode=finetune", f"--checkpoint={damaged}"],
+        "eval_other_task": ["--mode=eval", f"--checkpoint={r18}", f"--dataset={three}"],
     }  # fmt: skip
     listed = [[*R18, f"--model_dir={base / case}", *args] for case, args in cases.items()]
     results = run_many(listed, base, timeout=1200)
@@ -375,6 +381,7 @@ def test_their_checkpoint_as_a_distillation_teacher(runs):
         ("wrong_head", "--num_proj_layers=3: --checkpoint="),
         ("wrong_stem", "--image_size=64: --checkpoint="),
         ("damaged", "conv2d_bn_layers/3/bn/moving_variance is missing"),
+        ("eval_other_task", "its supervised head predicts 10 classes, the evaluation data has 3"),
     ],
 )
 def test_flags_that_disagree_with_their_checkpoint_stop_with_one_line(runs, case, message):

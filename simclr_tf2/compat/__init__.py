@@ -173,7 +173,7 @@ class AuthorsCheckpoint:
                 f"variables describe ({self.architecture.describe()}); "
                 f"{len(left)} such variable(s)."
             )
-        reader = tf.train.load_checkpoint(self.variables.prefix)
+        reader = self.variables.reader()
         for name, variable in pairs:
             value = reader.get_tensor(self.variables.keys[name])
             variable.assign(value.astype(variable.dtype))

@@ -22,7 +22,6 @@ import dataclasses
 import os
 import re
 
-import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
@@ -60,6 +59,7 @@ class AuthorsVariables:
             directory name (`saved_model/<step>`), else 0.
         shapes: layer path below `model/` (e.g. `resnet_model/initial_conv_relu_max_pool/0/
             conv2d/kernel`) -> shape.
+        keys: layer path -> the checkpoint key its value is stored under.
     """
 
     path: str
@@ -69,13 +69,9 @@ class AuthorsVariables:
     shapes: dict[str, tuple[int, ...]]
     keys: dict[str, str]
 
-    def read(self, name: str) -> np.ndarray:
-        """The value of the variable at layer path `name`."""
-        return tf.train.load_checkpoint(self.prefix).get_tensor(self.keys[name])
-
-    def read_all(self, names) -> dict[str, np.ndarray]:
-        reader = tf.train.load_checkpoint(self.prefix)
-        return {name: reader.get_tensor(self.keys[name]) for name in names}
+    def reader(self):
+        """A `tf.train.CheckpointReader` of the values: `.get_tensor(self.keys[path])`."""
+        return tf.train.load_checkpoint(self.prefix)
 
 
 def _saved_model_dir(path: str) -> str | None:
