@@ -171,6 +171,23 @@ def test_tfds_offline_fails_fast_with_instructions(tmp_path):
         load_source(str(tmp_path / "photos"))
 
 
+def test_tfds_not_prepared_is_decided_from_disk_even_when_metadata_is_fetched(
+    tmp_path, monkeypatch
+):
+    """On a networked host TFDS fetches a dataset's metadata (splits and all) without its
+    data; simulated here by a DatasetInfo whose splits are known."""
+
+    class FetchedSplit:
+        num_examples = 50_000
+
+    monkeypatch.setattr(
+        tfds.core.DatasetInfo, "splits", property(lambda self: {"train": FetchedSplit()})
+    )
+    assert tfds.builder("cifar10", data_dir=str(tmp_path)).info.splits  # as if fetched
+    with pytest.raises(DataError, match="tfds build cifar10 --data_dir"):
+        load_source("cifar10", data_dir=str(tmp_path))
+
+
 def test_bad_split_syntax():
     with pytest.raises(DataError, match=r"^--train_split=train\[::2\]: not a split"):
         load_source("digits", "train[::2]")

@@ -514,7 +514,9 @@ def tfds_source(
             f"--dataset={name}: not the embedded default ({EMBEDDED_DEFAULT!r}), an .npz file, "
             "an existing directory, or a TFDS dataset name."
         ) from error
-    if not builder.info.splits:
+    # Decided by the files in data_dir: on a host with network, TFDS fills `info.splits`
+    # from metadata it fetches, for a dataset that is not on disk at all.
+    if not builder.is_prepared():
         raise DataError(
             f"--dataset={name}: TFDS has no prepared copy in {builder.data_dir} and this run "
             f"does not download; prepare it where there is network (`tfds build {name} "
