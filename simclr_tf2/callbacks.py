@@ -1,6 +1,10 @@
-"""Keras callbacks for SimCLR training: the kNN monitor."""
+"""Keras callbacks for SimCLR training: checkpoints, progress, the kNN monitor."""
 
 from __future__ import annotations
+
+import math
+import sys
+import time
 
 import keras
 import numpy as np
@@ -100,3 +104,113 @@ class KNNMonitor(keras.callbacks.Callback):
             accuracy = self.evaluate(step)
             if logs is not None:
                 logs["knn_acc"] = accuracy
+
+
+class CheckpointSaver(keras.callbacks.Callback):
+    """Saves at the end of every Keras epoch (= checkpoint interval), stops at
+    `total_steps`, and stops without saving when the loss is not finite
+    (`bad_step` / `bad_value` then say where)."""
+
+    def __init__(self, manager: tf.train.CheckpointManager, total_steps: int):
+        super().__init__()
+        self.manager = manager
+        self.total_steps = total_steps
+        self.bad_step = None
+        self.bad_value = None
+
+    def _step(self) -> int:
+        return int(self.model.optimizer.iterations.numpy())
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("total_loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.bad_step, self.bad_value = self._step(), float(loss)
+            self.model.stop_training = True
+        elif self._step() >= self.total_steps:
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.bad_step is None:
+            self.save()
+
+    def save(self) -> None:
+        step = self._step()
+        if self.manager.latest_checkpoint != f"{self.manager.directory}/ckpt-{step}":
+            path = self.manager.save(checkpoint_number=step)
+            logging.info("Saved checkpoint %s", path)
+
+
+# Logged values, in the order they are shown.
+_SHOWN = ("total_loss", "contrast_acc", "supervised_acc", "teacher_agreement", "learning_rate")
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 86400:
+        return f"{seconds / 3600:.0f} h"
+    return time.strftime("%H:%M:%S", time.gmtime(seconds))
+
+
+class Progress(keras.callbacks.Callback):
+    """Progress of the whole run (not of one checkpoint window): step of
+    `total_steps`, the logged values, pairs/s and the ETA of the last step.
+
+    On a terminal (`bar=True`) one line redrawn in place at most every
+    `redraw_s` seconds, in place of Keras's per-epoch progress bar (run `fit`
+    with verbose=0); otherwise one log line every `every_s` seconds. The rate
+    and the ETA leave out the first step, which includes tracing.
+    """
+
+    def __init__(
+        self,
+        total_steps: int,
+        batch_size: int,
+        bar: bool = False,
+        every_s: float = 30.0,
+        redraw_s: float = 0.5,
+        stream=None,
+    ):
+        super().__init__()
+        self.total_steps = total_steps
+        self.batch_size = batch_size
+        self.bar = bar
+        self.every_s = redraw_s if bar else every_s
+        self.stream = stream or sys.stdout
+        self._t0 = self._last = None
+        self._step0 = None
+        self._drawn = False
+
+    def on_train_batch_end(self, batch, logs=None):
+        if logs is None:
+            return
+        step = int(self.model.optimizer.iterations.numpy())
+        now = time.time()
+        if self._step0 is None:  # the first step includes tracing: start the clock after it
+            self._t0 = self._last = now
+            self._step0 = step
+            return
+        if step <= self._step0:
+            return
+        rate = (step - self._step0) / (now - self._t0)
+        logs["pairs_per_s"] = rate * self.batch_size
+        if now - self._last < self.every_s and step < self.total_steps:
+            return
+        self._last = now
+        eta = max(0, self.total_steps - step) / rate
+        parts = [f"{key} {float(logs[key]):.4g}" for key in _SHOWN if key in logs]
+        parts.append(f"{logs['pairs_per_s']:.1f} pairs/s")
+        parts.append(f"ETA {_duration(eta)}")
+        done = f"step {step}/{self.total_steps} ({100.0 * step / self.total_steps:.0f}%)"
+        if self.bar:
+            width = 20
+            filled = int(width * min(step, self.total_steps) / self.total_steps)
+            line = f"{done} [{'=' * filled}{'.' * (width - filled)}] " + ", ".join(parts)
+            self.stream.write("\r" + line + "\x1b[K")
+            self.stream.flush()
+            self._drawn = True
+        else:
+            logging.info("%s", ", ".join([done, *parts]))
+
+    def on_train_end(self, logs=None):
+        if self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import tensorflow as tf
 from absl import logging
 
-STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+from simclr_tf2.config import STRATEGIES
 
 
 class StrategyError(ValueError):

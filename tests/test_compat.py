@@ -156,7 +156,7 @@ def test_import_tool_writes_a_checkpoint_config_and_export_with_their_outputs(tm
     assert "Checked   against their SavedModel" in proc.stdout
     assert "--resnet_depth=50 --width_multiplier=0.25 --sk_ratio=0.0625" in proc.stdout
     assert (out / "ckpt-1234.index").exists()
-    config = json.loads((out / "config.json").read_text())
+    config = json.loads((out / "config.json").read_text())["model"]
     assert (config["resnet_depth"], config["sk_ratio"], config["num_proj_layers"]) == (
         50,
         0.0625,
@@ -172,7 +172,7 @@ def test_import_tool_writes_a_checkpoint_config_and_export_with_their_outputs(tm
     ref = expected("r50_sk1_w025")["final_avg_pool"]
     assert np.abs(features.numpy() - ref).max() <= 1e-5 * np.abs(ref).max()
     # The other fixtures, as checkpoints, through the function the tool runs.
-    from simclr_tf2.train import import_authors_checkpoint
+    from simclr_tf2.checkpoints import import_authors_checkpoint
 
     exports = {"r50_sk1_w025": str(out / "saved_model" / "1234")}
     for name in ("r18_cifar_w025", "r50_sk0_w025", "r50_sk1_w025"):
@@ -214,8 +214,8 @@ def test_import_tool_writes_a_checkpoint_config_and_export_with_their_outputs(tm
 
 
 def test_an_import_that_computes_other_outputs_than_their_saved_model_writes_nothing(tmp_path):
+    from simclr_tf2.checkpoints import import_authors_checkpoint
     from simclr_tf2.config import ConfigError
-    from simclr_tf2.train import import_authors_checkpoint
 
     # Their head reads h; told it reads head layer 1 (as wide as h), every shape fits,
     # and only the comparison with their SavedModel's outputs can tell.
@@ -277,7 +277,7 @@ def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("runs")
     r18 = fixture("r18_cifar_w025")
     damaged = _rewrite(os.path.join(r18, "ckpt-1234"), str(base / "damaged"), **BROKEN["deleted"])
-    from simclr_tf2.train import import_authors_checkpoint
+    from simclr_tf2.checkpoints import import_authors_checkpoint
 
     imported = import_authors_checkpoint(r18, str(base / "imported_r18")).checkpoint
     finetune = [
@@ -316,7 +316,7 @@ def runs(tmp_path_factory):
 
 
 def _trained(model_dir: str) -> dict:
-    from simclr_tf2.train import restore_model
+    from simclr_tf2.checkpoints import restore_model
 
     model = restore_model(tf.train.latest_checkpoint(model_dir))
     return {v.path.split("/", 1)[1]: v.numpy() for v in model.variables}, model

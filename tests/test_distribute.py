@@ -113,7 +113,7 @@ def test_bfloat16_with_steps_per_execution_end_to_end(tmp_path):
         result = json.load(f)
     assert result["global_step"] == 6 and 0.0 <= result["top_1_accuracy"] <= 1.0
     with open(tmp_path / "config.json") as f:
-        assert json.load(f)["mixed_precision"] == "mixed_bfloat16"
+        assert json.load(f)["runtime"]["mixed_precision"] == "mixed_bfloat16"
     assert re.search(r"kNN top-1 at step 6: [01]\.\d+ \(k=20, 64 bank, 360 queries\)", proc.stderr)
     knn = []
     for path in glob.glob(str(tmp_path / "train" / "events*")):

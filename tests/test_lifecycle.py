@@ -39,7 +39,7 @@ def _copy(model_dir, tmp_path):
 
 def _in_memory_model(model_dir, step):
     """The trained model, rebuilt from config.json and restored from ckpt-<step>."""
-    from simclr_tf2.train import restore_model
+    from simclr_tf2.checkpoints import restore_model
 
     return restore_model(os.path.join(model_dir, f"ckpt-{step}"))
 
@@ -149,25 +149,22 @@ def test_saved_model_can_be_fine_tuned(pretrained):
 
 
 def test_finetuning_starts_from_checkpoint_or_export_alike(pretrained):
-    import dataclasses
-
-    from simclr_tf2.config import Config
-    from simclr_tf2.train import _initialise, build_model
+    from simclr_tf2.build import build_model
+    from simclr_tf2.checkpoints import initialise, read_config
 
     model_dir, _ = pretrained
     pretrain = _in_memory_model(model_dir, 20)
-    base = Config(**json.load(open(os.path.join(model_dir, "config.json"))))
+    base = read_config(model_dir)
     sources = {
         "prefix": os.path.join(model_dir, "ckpt-20"),
         "directory": model_dir,
         "export": os.path.join(model_dir, "saved_model", "20"),
     }
     for name, path in sources.items():
-        config = dataclasses.replace(base, train_mode="finetune", checkpoint=path)
+        config = base.replace(train_mode="finetune", checkpoint=path)
         model = build_model(config, num_classes=10)
-        model.build((None, 32, 32, 3))
         model.compile(optimizer="sgd")
-        _initialise(model, config)
+        initialise(model, config)
         for layer in ("encoder", "projection_head"):
             mine, theirs = getattr(model, layer).weights, getattr(pretrain, layer).weights
             assert len(mine) == len(theirs) > 0
@@ -315,7 +312,8 @@ RECIPES = os.path.join(ROOT, "simclr_tf2", "recipes")
 def test_recipe_flagfiles_parse_and_validate(name):
     code = (
         "import sys, run; run.FLAGS(['run.py', '--flagfile=' + sys.argv[1]]);"
-        "from simclr_tf2.config import validate; print(validate(run.config_from_flags()).to_json())"
+        "import json; from simclr_tf2.config import validate;"
+        "print(json.dumps(validate(run.config_from_flags()).flags()))"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code, os.path.join(RECIPES, name)],

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from simclr_tf2.build import dtype_policy
 from simclr_tf2.models.simclr import SimCLRModel
 from simclr_tf2.optim import WarmUpAndCosineDecay, build_optimizer
-from simclr_tf2.train import _dtype_policy
 
 SIZE = 8
 BATCH = 16
@@ -32,7 +32,7 @@ def train(policy="none", jit_compile=False, steps_per_execution=1, optimizer="la
     rng = np.random.default_rng(0)
     x = rng.random((BATCH, SIZE, SIZE, 6)).astype(np.float32)
     y = rng.integers(0, 10, BATCH)
-    with _dtype_policy(policy):
+    with dtype_policy(policy):
         model = SimCLRModel(
             num_classes=10,
             resnet_depth=10,

@@ -57,7 +57,7 @@ def test_train_then_eval_writes_every_output(finished):
     model_dir, proc = finished
     assert checkpoints(model_dir) == [10, 20]
     config = json.load(open(os.path.join(model_dir, "config.json")))
-    assert config["dataset"] == "digits" and config["train_steps"] == 20
+    assert config["data"]["dataset"] == "digits" and config["train"]["train_steps"] == 20
     result = json.load(open(os.path.join(model_dir, "result.json")))
     assert result == json.load(open(os.path.join(model_dir, "result_20.json")))
     assert result["global_step"] == 20 and result["wall_clock_seconds"] > 0
@@ -144,6 +144,21 @@ def test_wrong_invocations_exit_2_with_one_line(tmp_path):
         lines = [line for line in stderr.splitlines() if line.startswith("run.py: ")]
         assert len(lines) == 1 and expected in lines[0], (args, stderr[-2000:])
         assert "Traceback" not in stderr, args
+
+
+def test_a_user_error_is_the_only_line_on_stderr(tmp_path):
+    # TensorFlow's native start-up messages (CUDA probing, oneDNN notices) are held back
+    # unless --verbosity asks for them; here TensorFlow starts before the settings fail.
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "run.py"), "--train_batch_size=0"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr == "run.py: --train_batch_size=0: must be positive.\n", proc.stderr
 
 
 def test_one_class_folder_for_linear_eval(tmp_path):

@@ -8,7 +8,7 @@ import tensorflow as tf
 from simclr_tf2.models.heads import num_head_outputs
 from simclr_tf2.models.resnet import BLOCK_OUTPUT_NAMES
 from simclr_tf2.models.simclr import SimCLRModel
-from simclr_tf2.optim import LARS, build_optimizer
+from simclr_tf2.optim import LARS, WeightDecay, build_optimizer
 
 SIZE = 8
 TINY = dict(resnet_depth=10, width_multiplier=0.25, cifar_stem=True)
@@ -108,21 +108,46 @@ def test_fine_tune_all_blocks():
     assert "simclr_model/resnet/initial_conv/conv2d/kernel" in changed
 
 
-def test_weight_decay_with_lars_only_on_supervised_kernel():
+@pytest.mark.parametrize("shared", ["by_compile", "by_build", "by_the_run"])
+def test_weight_decay_with_lars_only_on_supervised_kernel(shared):
     model = tiny(weight_decay=1e-2)
-    model.compile(optimizer=build_optimizer("lars", 0.1, weight_decay=1e-2))
-    assert isinstance(model.optimizer, LARS)
+    if shared == "by_build":
+        # Compiled first, built (e.g. by fit) afterwards.
+        model = SimCLRModel(**{**TINY, "num_classes": 10, "weight_decay": 1e-2})
+        model.compile(optimizer=build_optimizer("lars", 0.1, weight_decay=1e-2))
+        model.build((None, SIZE, SIZE, 3))
+    elif shared == "by_compile":
+        # A model given a rate, compiled with LARS: one rule, LARS's, for both.
+        model.compile(optimizer=build_optimizer("lars", 0.1, weight_decay=1e-2))
+    else:
+        # What build_run does: the rule made for the model, given to both.
+        rule = WeightDecay.for_model(model, 1e-2, "lars")
+        model.weight_decay_rule = rule
+        model.compile(optimizer=build_optimizer("lars", 0.1, weight_decay=rule))
+    rule = model.weight_decay_rule
+    assert isinstance(model.optimizer, LARS) and model.optimizer.decay_rule == rule
     kernel = next(v for v in model.weights if v.path.endswith("head_supervised/kernel"))
     expected = 1e-2 * 0.5 * np.sum(kernel.numpy() ** 2)
     assert float(model.weight_decay_loss()) == pytest.approx(expected, rel=1e-5)
+    # LARS decays (and adapts) every other kernel and nothing of rank 1 (BN, biases).
+    model.optimizer.build(model.trainable_variables)
+    decayed = {v.path for v in model.trainable_variables if rule.in_update(v)}
+    adapted = {v.path for v in model.trainable_variables if rule.trust_ratio(v)}
+    assert adapted == decayed
+    kernels = {
+        v.path
+        for v in model.trainable_variables
+        if v.path.endswith("kernel") and "head_supervised" not in v.path
+    }
+    assert decayed == kernels and kernels
 
 
-def test_weight_decay_with_other_optimizers_on_every_non_bn_weight():
+def test_weight_decay_with_other_optimizers_on_every_kernel():
     model = tiny(weight_decay=1e-2)
     model.compile(optimizer=build_optimizer("momentum", 0.1))
-    weights = [v for v in model.trainable_variables if "batch_normalization" not in v.path]
-    # Kernels of every conv and dense, and the supervised bias.
-    assert any(v.path.endswith("head_supervised/bias") for v in weights)
+    weights = [v for v in model.trainable_variables if v.path.endswith("kernel")]
+    # Kernels of every conv and dense, the supervised head's included; no BN, no bias.
+    assert any(v.path.endswith("head_supervised/kernel") for v in weights)
     expected = 1e-2 * 0.5 * sum(np.sum(v.numpy().astype(np.float64) ** 2) for v in weights)
     assert float(model.weight_decay_loss()) == pytest.approx(expected, rel=1e-5)
     assert tiny(weight_decay=0.0).weight_decay_loss().numpy() == 0.0

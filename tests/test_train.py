@@ -3,9 +3,9 @@
 import numpy as np
 import tensorflow as tf
 
+from simclr_tf2.callbacks import CheckpointSaver
 from simclr_tf2.models.simclr import SimCLRModel
 from simclr_tf2.optim import build_optimizer
-from simclr_tf2.train import _Checkpointing
 
 
 def test_non_finite_loss_stops_without_saving(tmp_path):
@@ -16,7 +16,7 @@ def test_non_finite_loss_stops_without_saving(tmp_path):
     manager = tf.train.CheckpointManager(
         tf.train.Checkpoint(model=model, optimizer=model.optimizer), str(tmp_path), 3
     )
-    saver = _Checkpointing(manager, total_steps=100)
+    saver = CheckpointSaver(manager, total_steps=100)
     saver.set_model(model)
     model.optimizer.iterations.assign(5)
     saver.on_train_batch_end(0, {"total_loss": 1.5})
@@ -35,7 +35,7 @@ def test_stops_at_the_planned_step(tmp_path):
     model.build((None, 8, 8, 3))
     model.compile(optimizer=build_optimizer("momentum", 0.1))
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), str(tmp_path), 3)
-    saver = _Checkpointing(manager, total_steps=10)
+    saver = CheckpointSaver(manager, total_steps=10)
     saver.set_model(model)
     model.optimizer.iterations.assign(9)
     saver.on_train_batch_end(0, {"total_loss": 1.0})

@@ -173,16 +173,14 @@ def count_train_flops(config, num_classes: int) -> int:
     import tensorflow as tf
     from tensorflow.python.framework import ops as tf_ops
 
-    from simclr_tf2.train import _dtype_policy, build_model
+    from simclr_tf2.build import build_model, compile_model, dtype_policy
 
-    with _dtype_policy(config.mixed_precision):
+    with dtype_policy(config.runtime.mixed_precision):
         model = build_model(config, num_classes)
-        model.build((None, config.image_size, config.image_size, 3))
-        model.compile(optimizer=_optimizer(config))
-        model.optimizer.build(model.trainable_variables)
-    shape = (config.train_batch_size, config.image_size, config.image_size, 6)
+        compile_model(model, config, 0.1)
+    size, batch = config.data.image_size, config.train.train_batch_size
     step = tf.function(model.train_step).get_concrete_function(
-        (tf.TensorSpec(shape, tf.float32), tf.TensorSpec((config.train_batch_size,), tf.int64))
+        (tf.TensorSpec((batch, size, size, 6), tf.float32), tf.TensorSpec((batch,), tf.int64))
     )
     graph = step.graph
     roots = [t.op.name for t in tf.nest.flatten(step.outputs)]
@@ -201,13 +199,6 @@ def count_train_flops(config, num_classes: int) -> int:
     return int(total)
 
 
-def _optimizer(config):
-    from simclr_tf2.optim import WarmUpAndCosineDecay, build_optimizer
-
-    schedule = WarmUpAndCosineDecay(0.3, config.train_batch_size, 10_000, 100)
-    return build_optimizer(config.optimizer, schedule, 0.9, 1e-6)
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.memory_profile_dir:
@@ -222,46 +213,46 @@ def main(argv=None) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from simclr_tf2.config import Config, validate
-    from simclr_tf2.data.pipeline import distributed_dataset
+    from simclr_tf2.assembly import Sources, build_run
+    from simclr_tf2.config import Config
     from simclr_tf2.data.sources import npz_source
-    from simclr_tf2.train import _dtype_policy, build_model
     from tools.hardware import REFERENCE_PEAK_GFLOPS, cores, matmul_peak_gflops
 
-    config = validate(
-        Config(
-            resnet_depth=args.resnet_depth,
-            width_multiplier=args.width_multiplier,
-            image_size=args.image_size,
-            train_batch_size=args.train_batch_size,
-            mixed_precision=args.mixed_precision,
-            jit_compile=args.jit_compile,
-            steps_per_execution=args.steps_per_execution,
-            proj_head_mode=args.proj_head_mode,
-            num_proj_layers=args.num_proj_layers,
-            optimizer=args.optimizer,
-            global_bn=args.global_bn,
-            color_jitter_strength=0.5,
-            use_blur=args.image_size > 32,
-            temperature=0.5,
-        ),
-        strategy.num_replicas_in_sync,
+    rng = np.random.default_rng(0)
+    num_classes, size = 10, args.image_size
+    cifar = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10")
+    path = os.path.join(cifar, "train.npz")
+    if size != 32 or not os.path.exists(path):
+        # A file of this process's own: two runs at once must not share one.
+        handle, path = tempfile.mkstemp(prefix=f"simclr_bench_{size}_", suffix=".npz")
+        os.close(handle)
+        atexit.register(os.remove, path)
+        images = rng.integers(0, 256, (2048, size, size, 3), dtype=np.uint8)
+        np.savez(path, images=images, labels=np.arange(2048) % num_classes)
+    config = Config.from_flags(
+        resnet_depth=args.resnet_depth,
+        width_multiplier=args.width_multiplier,
+        image_size=args.image_size,
+        train_batch_size=args.train_batch_size,
+        mixed_precision=args.mixed_precision,
+        jit_compile=args.jit_compile,
+        steps_per_execution=args.steps_per_execution,
+        proj_head_mode=args.proj_head_mode,
+        num_proj_layers=args.num_proj_layers,
+        optimizer=args.optimizer,
+        global_bn=args.global_bn,
+        color_jitter_strength=0.5,
+        use_blur=args.image_size > 32,
+        temperature=0.5,
+        weight_decay=1e-6,
+        train_steps=10_000 * args.steps_per_execution,
+        warmup_epochs=0.1,
     )
-    num_classes = 10
+    run = build_run(config, strategy, Sources(train=npz_source(path)))
+    model = run.model
     peak_before = matmul_peak_gflops()
 
-    with strategy.scope(), _dtype_policy(config.mixed_precision):
-        model = build_model(config, num_classes)
-        model.build((None, config.image_size, config.image_size, 3))
-        model.compile(
-            optimizer=_optimizer(config),
-            jit_compile=config.jit_compile,
-            steps_per_execution=config.steps_per_execution,
-        )
-        model.optimizer.build(model.trainable_variables)
-
-    rng = np.random.default_rng(0)
-    size, batch = config.image_size, config.train_batch_size
+    batch = config.train.train_batch_size
     x = rng.random((batch, size, size, 6), dtype=np.float32)
     y = rng.integers(0, num_classes, batch)
     synthetic = strategy.experimental_distribute_dataset(
@@ -269,24 +260,7 @@ def main(argv=None) -> dict:
     )
     datasets = {"synthetic": synthetic}
     if not args.no_pipeline:
-        cifar = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10")
-        path = os.path.join(cifar, "train.npz")
-        if size != 32 or not os.path.exists(path):
-            # A file of this process's own: two runs at once must not share one.
-            handle, path = tempfile.mkstemp(prefix=f"simclr_bench_{size}_", suffix=".npz")
-            os.close(handle)
-            atexit.register(os.remove, path)
-            images = rng.integers(0, 256, (2048, size, size, 3), dtype=np.uint8)
-            np.savez(path, images=images, labels=rng.integers(0, num_classes, 2048))
-        datasets["pipeline"] = distributed_dataset(
-            strategy,
-            npz_source(path),
-            batch,
-            image_size=size,
-            mode="pretrain",
-            color_jitter_strength=config.color_jitter_strength,
-            use_blur=config.use_blur,
-        )
+        datasets["pipeline"] = run.train_dataset()
     # Peak RSS of the train step alone: taken before the pipeline has run.
     rss = []
     rates = timed_runs(model, datasets, args, after_first=lambda: rss.append(peak_rss_gb()))

@@ -35,13 +35,13 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from simclr_tf2.build import build_model, compile_model  # noqa: E402
 from simclr_tf2.callbacks import KNNMonitor  # noqa: E402
 from simclr_tf2.config import Config  # noqa: E402
 from simclr_tf2.data.pipeline import build_dataset  # noqa: E402
 from simclr_tf2.data.sources import load_source  # noqa: E402
 from simclr_tf2.knn import knn_accuracy  # noqa: E402
-from simclr_tf2.optim import WarmUpAndCosineDecay, build_optimizer  # noqa: E402
-from simclr_tf2.train import build_model  # noqa: E402
+from simclr_tf2.optim import WarmUpAndCosineDecay  # noqa: E402
 from tools.hardware import cores, matmul_peak_gflops  # noqa: E402
 from tools.linear_eval import top_k, train_linear  # noqa: E402
 
@@ -102,8 +102,9 @@ def probe(encoder, train, tests, epochs):
 
 
 def config_for(args, train_mode="pretrain") -> Config:
-    return Config(
+    return Config.from_flags(
         train_mode=train_mode,
+        optimizer="lars" if train_mode == "pretrain" else "momentum",
         checkpoint="none" if train_mode == "finetune" else None,
         image_size=32,
         resnet_depth=18,
@@ -119,15 +120,13 @@ def config_for(args, train_mode="pretrain") -> Config:
 
 
 def built(config, num_classes):
-    model = build_model(config, num_classes)
-    model.build((None, 32, 32, 3))
-    return model
+    return build_model(config, num_classes)
 
 
-def plan(config, num_classes, data, budget, optimizer) -> tuple[float, int]:
+def plan(config, num_classes, data, budget) -> tuple[float, int]:
     """(seconds per step, steps that fit the budget), timed on a throwaway model."""
     model = built(config, num_classes)
-    compile_for(model, config, 0.1, 100, optimizer)
+    compile_for(model, config, 0.1, 100)
     model.fit(data, steps_per_epoch=3, epochs=1, verbose=0, shuffle=False)  # traces
     start = time.time()
     model.fit(data, steps_per_epoch=5, epochs=1, verbose=0, shuffle=False)
@@ -135,11 +134,10 @@ def plan(config, num_classes, data, budget, optimizer) -> tuple[float, int]:
     return step_s, max(10, int(budget / step_s))
 
 
-def compile_for(model, config, learning_rate, steps, optimizer):
-    schedule = WarmUpAndCosineDecay(
-        learning_rate, config.train_batch_size, steps, max(1, steps // 20)
-    )
-    model.compile(optimizer=build_optimizer(optimizer, schedule, 0.9, config.weight_decay))
+def compile_for(model, config, learning_rate, steps):
+    batch = config.train.train_batch_size
+    schedule = WarmUpAndCosineDecay(learning_rate, batch, steps, max(1, steps // 20))
+    compile_model(model, config, schedule)
 
 
 def main(argv=None) -> int:
@@ -183,12 +181,12 @@ def main(argv=None) -> int:
         use_blur=False,
         seed=args.seed,
     )
-    step_s, steps = plan(config, None, data, budget, "lars")
+    step_s, steps = plan(config, None, data, budget)
     log(f"SimCLR pretraining: {step_s:.2f} s/step, planning {steps} steps in {args.minutes} min")
     keras.utils.set_random_seed(args.seed)
     model = built(config, None)
     random_encoder = built(config, None)
-    compile_for(model, config, 1.0, steps, "lars")
+    compile_for(model, config, 1.0, steps)
     timer = Budget(budget)
     monitor = KNNMonitor(
         knn_bank, knn_queries, 10, max(1, int(args.knn_every_minutes * 60 / step_s)), k=200
@@ -211,11 +209,11 @@ def main(argv=None) -> int:
     # 2. Supervised from scratch, same budget.
     sup_config = config_for(args, "finetune")
     sup_data = build_dataset(train, args.batch_size, 32, "finetune", seed=args.seed)
-    sup_step_s, sup_steps = plan(sup_config, 10, sup_data, budget, "momentum")
+    sup_step_s, sup_steps = plan(sup_config, 10, sup_data, budget)
     log(f"supervised: {sup_step_s:.2f} s/step, planning {sup_steps} steps in {args.minutes} min")
     keras.utils.set_random_seed(args.seed)
     supervised = built(sup_config, 10)
-    compile_for(supervised, sup_config, 0.1, sup_steps, "momentum")
+    compile_for(supervised, sup_config, 0.1, sup_steps)
     sup_timer = Budget(budget, keys=("supervised_loss", "supervised_acc"))
     supervised.fit(
         sup_data,

@@ -54,8 +54,8 @@ def main() -> int:
         )
         return 2
 
+    from simclr_tf2.checkpoints import import_authors_checkpoint
     from simclr_tf2.config import ConfigError
-    from simclr_tf2.train import import_authors_checkpoint
 
     try:
         imported = import_authors_checkpoint(
@@ -68,6 +68,7 @@ def main() -> int:
         sys.stderr.write(f"import_checkpoint.py: {error}\n")
         return 2
     released, config = imported.released, imported.config
+    selector, size = config.model.ft_proj_selector, config.data.image_size
     arch = released.architecture
     found = released.variables
     heads = []
@@ -78,22 +79,22 @@ def main() -> int:
     if arch.num_classes:
         heads.append(
             f"supervised head: {arch.num_classes} classes on "
-            + ("h" if not config.ft_proj_selector else f"head layer {config.ft_proj_selector}")
+            + ("h" if not selector else f"head layer {selector}")
         )
     else:
         heads.append("no supervised head")
     print(f"Read      {found.path} ({found.kind}, step {found.global_step})")
     print(f"Found     {arch.describe()}")
     print(f"          {released.num_params:,} parameters; " + "; ".join(heads))
-    fixed = {**arch.flags(), "image_size": config.image_size}
-    if config.ft_proj_selector:
-        fixed["ft_proj_selector"] = config.ft_proj_selector
+    fixed = {**arch.flags(), "image_size": size}
+    if selector:
+        fixed["ft_proj_selector"] = selector
     print("Flags     " + " ".join(f"--{k}={v}" for k, v in fixed.items()))
     if imported.differences:
         compared = ", ".join(f"{k} {v:.1e}" for k, v in imported.differences.items())
         print(f"Checked   against their SavedModel on random images (relative): {compared}")
     print(f"Wrote     {imported.checkpoint}  (run.py / tools --checkpoint={args.out})")
-    print(f"          {os.path.join(args.out, 'config.json')}  (image_size {config.image_size})")
+    print(f"          {os.path.join(args.out, 'config.json')}  (image_size {size})")
     print(f"          {imported.export}  (SavedModel)")
     return 0
 

@@ -98,8 +98,8 @@ def checkpoint_encoder(path: str):
     """(checkpoint path, encoder callable like an export's) from a checkpoint prefix or a
     model_dir (or a checkpoint of the authors' TF2 code), or a one-line reason it cannot
     be used."""
+    from simclr_tf2.checkpoints import authors_checkpoint, latest_checkpoint, restore_model
     from simclr_tf2.config import ConfigError
-    from simclr_tf2.train import authors_checkpoint, latest_checkpoint, restore_model
 
     try:
         released = authors_checkpoint("checkpoint", path)

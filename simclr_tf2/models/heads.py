@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import keras
 
+from simclr_tf2.config import num_head_outputs
 from simclr_tf2.models.resnet import BATCH_NORM_EPSILON, batch_norm
-
-PROJ_HEAD_MODES = ("none", "linear", "nonlinear")
 
 
 class LinearLayer(keras.layers.Layer):
@@ -71,17 +70,6 @@ class LinearLayer(keras.layers.Layer):
             }
         )
         return config
-
-
-def num_head_outputs(proj_head_mode: str, num_proj_layers: int) -> int:
-    """How many layers the head has, i.e. the largest valid `ft_proj_selector`."""
-    if proj_head_mode == "none":
-        return 0
-    if proj_head_mode == "linear":
-        return 1
-    if proj_head_mode == "nonlinear":
-        return num_proj_layers
-    raise ValueError(f"proj_head_mode={proj_head_mode!r} is not one of {PROJ_HEAD_MODES}.")
 
 
 class ProjectionHead(keras.layers.Layer):
@@ -183,8 +171,8 @@ class ProjectionHead(keras.layers.Layer):
 def supervised_head(num_classes: int, zero_init: bool = False) -> keras.layers.Dense:
     """The linear classifier on h (or on a head layer when fine-tuning).
 
-    Its name, "head_supervised", is what keeps it out of LARS's weight decay and
-    trust ratio (it gets an L2 term in the loss instead).
+    Named "head_supervised", as in the authors' checkpoints. Its weight decay is
+    decided by the run's `WeightDecay` rule (an L2 term in the loss, no trust ratio).
     """
     initializer = "zeros" if zero_init else keras.initializers.RandomNormal(stddev=0.01)
     # Under a mixed-precision policy the logits are computed in float32.

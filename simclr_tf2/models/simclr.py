@@ -9,15 +9,16 @@ sums the replicas' gradients.
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import tensorflow as tf
 
+from simclr_tf2.config import TRAIN_MODES
 from simclr_tf2.losses import distillation_loss, nt_xent
 from simclr_tf2.models.heads import ProjectionHead, num_head_outputs, supervised_head
 from simclr_tf2.models.resnet import BATCH_NORM_EPSILON, ResNet
-from simclr_tf2.optim.lars import LARS
-
-TRAIN_MODES = ("pretrain", "finetune", "distill")
+from simclr_tf2.optim.weight_decay import WeightDecay
 
 
 class _Untracked:
@@ -81,10 +82,13 @@ class SimCLRModel(keras.Model):
             including this stage: -1 trains everything, 0 freezes the stem,
             1-3 the stem and block groups up to that one, 4 the whole encoder.
             Frozen stages also keep their batch-norm statistics (inference mode).
-        weight_decay: L2 coefficient. With LARS the optimizer applies it to the
-            encoder and projection head, and the model adds `weight_decay *
-            l2(supervised kernel)` to the loss; with any other optimizer the
-            model adds it for every non-batch-norm weight (the paper's code).
+        weight_decay: the L2 coefficient, or a `WeightDecay` rule. The model
+            adds `rate * sum(||w||^2) / 2` to its loss for the variables the
+            rule leaves to the loss: every kernel, never batch norm or biases.
+            Compiled with an optimizer that decays in its own update (LARS),
+            the model takes that optimizer's rule instead: LARS decays every
+            kernel but the supervised head's, which the loss decays (the
+            paper's code). Kept as `weight_decay_rule`.
         zero_init_logits_layer: start the supervised head at zero.
         distill_temperature: T of the distillation loss.
         distill_label_weight: weight of the supervised loss on labels when distilling.
@@ -110,7 +114,7 @@ class SimCLRModel(keras.Model):
         hidden_norm: bool = True,
         lineareval_while_pretraining: bool = True,
         fine_tune_after_block: int = -1,
-        weight_decay: float = 0.0,
+        weight_decay: float | WeightDecay = 0.0,
         zero_init_logits_layer: bool = False,
         distill_temperature: float = 1.0,
         distill_label_weight: float = 0.0,
@@ -141,8 +145,12 @@ class SimCLRModel(keras.Model):
             )
         if temperature <= 0:
             raise ValueError(f"temperature={temperature} must be positive.")
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay={weight_decay} must be >= 0.")
+        if isinstance(weight_decay, dict):  # from get_config
+            weight_decay = WeightDecay.from_config(weight_decay)
+        if not isinstance(weight_decay, WeightDecay):
+            if weight_decay < 0:
+                raise ValueError(f"weight_decay={weight_decay} must be >= 0.")
+            weight_decay = WeightDecay(weight_decay)
 
         self.num_classes = num_classes
         self.train_mode = train_mode
@@ -162,7 +170,7 @@ class SimCLRModel(keras.Model):
         self.hidden_norm = hidden_norm
         self.lineareval_while_pretraining = lineareval_while_pretraining
         self.fine_tune_after_block = fine_tune_after_block
-        self.weight_decay = weight_decay
+        self.weight_decay_rule = weight_decay
         self.zero_init_logits_layer = zero_init_logits_layer
         self.distill_temperature = distill_temperature
         self.distill_label_weight = distill_label_weight
@@ -258,6 +266,27 @@ class SimCLRModel(keras.Model):
         height, width = tuple(input_shape)[1:3]
         self.call(keras.KerasTensor((None, height, width, 3)))
         self.built = True
+        self._share_weight_decay_rule()
+
+    def compile(self, optimizer="rmsprop", **kwargs):
+        super().compile(optimizer=optimizer, **kwargs)
+        self._share_weight_decay_rule()
+
+    def _share_weight_decay_rule(self) -> None:
+        """With an optimizer that decays weights in its update (LARS, whose
+        `decay_rule` says so), the model and the optimizer follow one rule: the
+        optimizer's, with the supervised head left to the model's loss term and
+        out of the trust ratio (the paper's code). Runs when the model is both
+        built and compiled, before the optimizer builds its per-variable lists."""
+        optimizer = getattr(self, "optimizer", None)
+        inner = getattr(optimizer, "inner_optimizer", optimizer)
+        rule = getattr(inner, "decay_rule", None)
+        if not self.built or rule is None or not rule.by_optimizer:
+            return
+        head = self.supervised_head
+        loss_only = frozenset(v.path for v in head.weights) if head is not None else frozenset()
+        shared = dataclasses.replace(rule, loss_only=rule.loss_only | loss_only)
+        inner.decay_rule = self.weight_decay_rule = shared
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # Keras's fit/evaluate pull a first batch to build an unbuilt model, and
@@ -304,22 +333,12 @@ class SimCLRModel(keras.Model):
     def weight_decay_loss(self) -> tf.Tensor:
         """The L2 term the model adds to the loss (see the class docstring)."""
         zero = tf.constant(0.0, self.loss_dtype)
-        if not self.weight_decay:
-            return zero
-        # A LossScaleOptimizer (mixed_float16) wraps the optimizer we chose.
-        optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
-        if isinstance(optimizer, LARS):
-            variables = [
-                v
-                for v in self.trainable_variables
-                if "head_supervised" in v.path and "bias" not in v.path
-            ]
-        else:
-            variables = [v for v in self.trainable_variables if "batch_normalization" not in v.path]
+        rule = self.weight_decay_rule
+        variables = rule.loss_variables(self.trainable_variables)
         if not variables:
             return zero
         l2 = tf.add_n([tf.cast(_l2_loss(v), self.loss_dtype) for v in variables])
-        return self.weight_decay * l2
+        return rule.rate * l2
 
     def _contrastive_terms(self, outputs) -> tuple[tf.Tensor, dict]:
         loss, logits_ab, labels = nt_xent(
@@ -476,7 +495,7 @@ class SimCLRModel(keras.Model):
                 "hidden_norm": self.hidden_norm,
                 "lineareval_while_pretraining": self.lineareval_while_pretraining,
                 "fine_tune_after_block": self.fine_tune_after_block,
-                "weight_decay": self.weight_decay,
+                "weight_decay": self.weight_decay_rule.get_config(),
                 "zero_init_logits_layer": self.zero_init_logits_layer,
                 "distill_temperature": self.distill_temperature,
                 "distill_label_weight": self.distill_label_weight,

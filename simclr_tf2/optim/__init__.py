@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import keras
 
-from simclr_tf2.optim.lars import DEFAULT_EXCLUDE, LARS
+from simclr_tf2.config import OPTIMIZERS
+from simclr_tf2.optim.lars import LARS
 from simclr_tf2.optim.schedules import (
     WarmUpAndCosineDecay,
     scaled_learning_rate,
     warmup_steps_for,
 )
-
-OPTIMIZERS = ("lars", "momentum", "adam", "lamb")
+from simclr_tf2.optim.weight_decay import WeightDecay
 
 __all__ = [
-    "DEFAULT_EXCLUDE",
     "LARS",
     "OPTIMIZERS",
     "WarmUpAndCosineDecay",
+    "WeightDecay",
     "build_optimizer",
     "scaled_learning_rate",
     "warmup_steps_for",
@@ -25,27 +25,25 @@ __all__ = [
 
 
 def build_optimizer(
-    name: str, learning_rate, momentum: float = 0.9, weight_decay: float = 0.0
+    name: str,
+    learning_rate,
+    momentum: float = 0.9,
+    weight_decay: float | WeightDecay = 0.0,
 ) -> keras.optimizers.Optimizer:
     """The optimizer called `name` (the `--optimizer` flag).
 
-    Only LARS applies `weight_decay` itself (excluding batch norm, biases and
-    the supervised head); for the others `SimCLRModel` adds it to the loss as an
-    L2 term, as the paper's code does.
+    Only LARS applies weight decay itself, as its `WeightDecay` rule says (give
+    it the rule the model holds, `WeightDecay.for_model`); for the others the
+    model adds it to the loss as an L2 term, as the paper's code does.
 
     Args:
         name: "lars", "momentum" (SGD with Nesterov), "adam" or "lamb".
         learning_rate: a float or a `LearningRateSchedule`.
         momentum: momentum for "lars" and "momentum".
-        weight_decay: the L2 coefficient (used here by "lars" only).
+        weight_decay: the L2 coefficient or rule (used here by "lars" only).
     """
     if name == "lars":
-        return LARS(
-            learning_rate,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            exclude_from_weight_decay=list(DEFAULT_EXCLUDE),
-        )
+        return LARS(learning_rate, momentum=momentum, weight_decay=weight_decay)
     if name == "momentum":
         return keras.optimizers.SGD(learning_rate, momentum=momentum, nesterov=True)
     if name == "adam":

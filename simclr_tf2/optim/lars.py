@@ -4,19 +4,18 @@ A Keras 3 optimizer with the constructor of the paper's released LARS, so code
 written for it ports directly. Weight decay is part of the update (added to the
 gradient before the trust ratio), not Keras's decoupled weight decay.
 
-This module imports nothing else from the package.
+Which variables are decayed and adapted is decided by one `WeightDecay` rule
+(`simclr_tf2.optim.weight_decay`), shared with the model's loss.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import keras
 from keras import ops
 
-# What the paper's code leaves out of weight decay and of the trust ratio.
-DEFAULT_EXCLUDE = ("batch_normalization", "bias", "head_supervised")
+from simclr_tf2.optim.weight_decay import WeightDecay
 
 
 @keras.saving.register_keras_serializable(package="simclr_tf2")
@@ -26,10 +25,15 @@ class LARS(keras.optimizers.Optimizer):
     Args:
         learning_rate: a float or a `LearningRateSchedule`.
         momentum: momentum of the update.
-        weight_decay: L2 coefficient added to the gradient inside the update.
-        exclude_from_weight_decay: regular expressions; a variable whose Keras
-            path (e.g. "simclr_model/resnet/.../batch_normalization_1/gamma")
-            matches any of them gets no weight decay.
+        weight_decay: L2 coefficient added to the gradient inside the update, or
+            a `WeightDecay` rule (shared with the model) saying which variables
+            get decay and the trust ratio. With a number, the paper's rule:
+            kernels do, batch-norm parameters and biases (rank < 2) don't.
+        exclude_from_weight_decay: regular expressions, as the authors' LARS
+            takes them: when this or the next is given, exactly the variables
+            whose Keras path
+            (e.g. "simclr_model/resnet/.../batch_normalization_1/gamma")
+            matches one of them get no weight decay.
         exclude_from_layer_adaptation: the same for the trust ratio; None
             means the weight-decay list.
         classic_momentum: if True the trust ratio scales the learning rate
@@ -45,7 +49,7 @@ class LARS(keras.optimizers.Optimizer):
         self,
         learning_rate=0.001,
         momentum: float = 0.9,
-        weight_decay: float = 0.0,
+        weight_decay: float | WeightDecay = 0.0,
         exclude_from_weight_decay: Sequence[str] | None = None,
         exclude_from_layer_adaptation: Sequence[str] | None = None,
         classic_momentum: bool = True,
@@ -57,25 +61,29 @@ class LARS(keras.optimizers.Optimizer):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         if momentum < 0:
             raise ValueError(f"LARS momentum={momentum} must be >= 0.")
-        if weight_decay < 0:
-            raise ValueError(f"LARS weight_decay={weight_decay} must be >= 0.")
+        if isinstance(weight_decay, dict):  # from get_config
+            weight_decay = WeightDecay.from_config(weight_decay)
+        if not isinstance(weight_decay, WeightDecay):
+            if weight_decay < 0:
+                raise ValueError(f"LARS weight_decay={weight_decay} must be >= 0.")
+
+            exclude = adaptation = None
+            if exclude_from_weight_decay is not None or exclude_from_layer_adaptation is not None:
+                # The authors' arguments: exactly these patterns (none = every variable).
+                exclude = tuple(exclude_from_weight_decay or ())
+                if exclude_from_layer_adaptation is not None:
+                    adaptation = tuple(exclude_from_layer_adaptation)
+            weight_decay = WeightDecay(
+                weight_decay, by_optimizer=True, exclude=exclude, exclude_adaptation=adaptation
+            )
         self.momentum = momentum
+        self.decay_rule = weight_decay
         # Keras's base class reads `weight_decay` for decoupled decay; that path
         # is disabled below (`_apply_weight_decay`) because LARS applies it itself.
-        self.weight_decay = weight_decay
+        self.weight_decay = weight_decay.rate
         self.classic_momentum = classic_momentum
         self.eeta = eeta
         self.nesterov = nesterov
-        self._decay_exclusions = list(exclude_from_weight_decay or [])
-        self._adaptation_exclusions = (
-            list(exclude_from_layer_adaptation)
-            if exclude_from_layer_adaptation is not None
-            else list(self._decay_exclusions)
-        )
-
-    @staticmethod
-    def _matches(path: str, patterns: Sequence[str]) -> bool:
-        return any(re.search(p, path) for p in patterns)
 
     def build(self, variables):
         if self.built:
@@ -84,10 +92,8 @@ class LARS(keras.optimizers.Optimizer):
         self.momentums = self.add_optimizer_variables(variables, "momentum")
         # Decided here from the Keras variables' paths: update_step receives the
         # backend variable, which has no path.
-        self._use_decay = [not self._matches(v.path, self._decay_exclusions) for v in variables]
-        self._use_adaptation = [
-            not self._matches(v.path, self._adaptation_exclusions) for v in variables
-        ]
+        self._use_decay = [self.decay_rule.in_update(v) for v in variables]
+        self._use_adaptation = [self.decay_rule.trust_ratio(v) for v in variables]
 
     def _apply_weight_decay(self, variables):
         # Weight decay is applied inside update_step, before the trust ratio.
@@ -129,9 +135,7 @@ class LARS(keras.optimizers.Optimizer):
         config.update(
             {
                 "momentum": self.momentum,
-                "weight_decay": self.weight_decay,
-                "exclude_from_weight_decay": list(self._decay_exclusions),
-                "exclude_from_layer_adaptation": list(self._adaptation_exclusions),
+                "weight_decay": self.decay_rule.get_config(),
                 "classic_momentum": self.classic_momentum,
                 "eeta": self.eeta,
                 "nesterov": self.nesterov,

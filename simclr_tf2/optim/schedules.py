@@ -7,7 +7,7 @@ import math
 import keras
 from keras import ops
 
-SCALINGS = ("linear", "sqrt")
+from simclr_tf2.config import SCALINGS
 
 
 def scaled_learning_rate(base_learning_rate: float, batch_size: int, scaling: str) -> float:

@@ -1,0 +1,73 @@
+"""build_run: one way to build a run, for run.py, the tools and the tests."""
+
+import os
+import re
+
+import keras
+import numpy as np
+import pytest
+
+from simclr_tf2 import Config, build_run
+from simclr_tf2.assembly import Sources
+from simclr_tf2.build import Plan
+from simclr_tf2.config import ConfigError
+from simclr_tf2.data.sources import npz_source
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(
+    dataset="digits",
+    image_size=16,
+    resnet_depth=10,
+    width_multiplier=0.25,
+    train_batch_size=32,
+    eval_batch_size=32,
+    train_steps=6,
+    checkpoint_steps=3,
+    eval_split="test",
+)
+
+
+def test_build_run_plans_builds_and_compiles_what_the_config_says():
+    config = Config.from_flags(**TINY, mode="train_then_eval", optimizer="lars")
+    run = build_run(config)
+    assert run.plan == Plan(1437, 1437 // 32, 6, 3, run.plan.warmup_steps)
+    assert run.sources.train.num_examples == 1437 and run.sources.eval is not None
+    model = run.model
+    assert model.built and model.num_classes == 10 and run.optimizer.built
+    # One weight-decay rule for the optimizer and the model's loss.
+    assert run.optimizer.decay_rule == model.weight_decay_rule
+    assert model.weight_decay_rule.loss_only == {v.path for v in model.supervised_head.weights}
+    views, labels = next(iter(run.train_dataset()))
+    assert views.shape == (32, 16, 16, 6) and labels.shape == (32,)
+    dataset, steps = run.eval_dataset()
+    images, _ = next(iter(dataset))
+    assert images.shape == (32, 16, 16, 3) and steps is None
+
+
+def test_build_run_takes_a_tools_own_data_and_other_optimizers(tmp_path):
+    rng = np.random.default_rng(0)
+    path = str(tmp_path / "d.npz")
+    np.savez(path, images=rng.integers(0, 256, (64, 8, 8, 3), np.uint8), labels=np.arange(64) % 4)
+    config = Config.from_flags(**{**TINY, "image_size": 8}, optimizer="momentum")
+    run = build_run(config, sources=Sources(train=npz_source(path)))
+    assert run.plan.examples == 64 and run.plan.steps_per_epoch == 2
+    assert run.model.num_classes == 4
+    assert isinstance(run.optimizer, keras.optimizers.SGD)
+    # Not LARS: the loss decays every kernel.
+    assert not run.model.weight_decay_rule.by_optimizer
+
+
+def test_build_run_validates_first():
+    with pytest.raises(ConfigError, match="--train_batch_size=0"):
+        build_run(Config.from_flags(**{**TINY, "train_batch_size": 0}))
+
+
+def test_no_tool_or_test_imports_a_private_name_of_the_library():
+    private = re.compile(r"from simclr_tf2[\w.]* import [^\n]*\b_\w+|simclr_tf2[\w.]*\._[a-z]\w*")
+    offenders = []
+    for folder in ("tools", "tests"):
+        for name in sorted(os.listdir(os.path.join(ROOT, folder))):
+            if name.endswith(".py"):
+                text = open(os.path.join(ROOT, folder, name)).read()
+                offenders += [f"{folder}/{name}: {m}" for m in private.findall(text)]
+    assert not offenders, offenders
