@@ -4,7 +4,7 @@ Every `--flag` of a `run.py` or `tools/X.py` command line is one that program ac
 real `--helpfull` / `--help`); a flag in prose is one of run.py's or of a tool named in the
 same section; every `tools/X.py`, `tests/X.py` and recipe named is a file; every
 `from simclr_tf2... import X`, `simclr_tf2.a.b` and `name(arg, ...)` of the library resolves,
-with those argument names. The main command runs as written (for one step).
+with those argument names. (tests/test_readme.py runs the README's commands and examples.)
 """
 
 import contextlib
@@ -266,32 +266,3 @@ def test_packaging_matches_the_pins():
     assert f'"tensorflow[and-cuda]=={pins["tensorflow"]}"' in _read("README.md")
     assert project["license"] == "Apache-2.0"
     assert "Apache License\n                           Version 2.0" in _read("LICENSE")
-
-
-def test_main_command_runs(tmp_path):
-    # The README's main command as written, for one step, with its outputs elsewhere.
-    section = re.search(r"^## The main command\n(.*?)^## ", _read("README.md"), re.M | re.S)
-    command = re.search(r"```bash\n(.*?)```", section.group(1), re.S).group(1)
-    command = command.replace("\\\n", " ").split()
-    assert command[:2] == ["python", "run.py"], command
-    assert "--model_dir=/tmp/simclr_quickstart" in command
-    model_dir = tmp_path / "run"
-    command = [sys.executable, "run.py"] + [
-        f"--model_dir={model_dir}" if arg.startswith("--model_dir=") else arg for arg in command[2:]
-    ]
-    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.run(
-        command + ["--train_steps=1"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    config = json.loads((model_dir / "config.json").read_text())
-    # The flagfile's settings were used, not run.py's ImageNet defaults.
-    assert (config["dataset"], config["resnet_depth"], config["train_epochs"]) == ("digits", 18, 30)
-    result = json.loads((model_dir / "result.json").read_text())
-    assert result["global_step"] == 1
-    assert os.path.isdir(model_dir / "saved_model" / "1")
