@@ -237,6 +237,15 @@ def test_every_python_name_resolves():
     assert unresolved == []
 
 
+def test_readme_holds_no_measurement_log():
+    # Measured figures live in docs/benchmarks.md with their date and commit; the README links
+    # there. A matmul peak, a date or a commit id in the README is a measurement that moved back.
+    text = _read("README.md")
+    found = re.findall(r"GFLOP/s|\b20\d\d-\d\d-\d\d\b|\b(?=[0-9a-f]*[a-f])[0-9a-f]{7,40}\b", text)
+    assert found == []
+    assert "docs/benchmarks.md" in text
+
+
 def test_readme_test_command_is_what_ci_runs():
     command = "python -m pytest -q -n 2 --dist loadfile"
     ci = [line.strip() for line in _read(".ci/run").splitlines()]
