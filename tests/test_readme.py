@@ -1,5 +1,6 @@
-"""The README's Python example runs as written."""
+"""The README's main command and Python examples run as written."""
 
+import json
 import os
 import re
 import subprocess
@@ -17,15 +18,6 @@ assert views.shape == (256, 32, 32, 6), views.shape
 """
 
 
-# The quick start's export, stood in for by an untrained model of the same shape.
-EXPORT = """
-from simclr_tf2 import SimCLRModel
-from simclr_tf2.export import export_saved_model
-
-model = SimCLRModel(num_classes=10, resnet_depth=18, width_multiplier=0.25, cifar_stem=True)
-model.build((None, 32, 32, 3))
-export_saved_model(model, "export")
-"""
 EXPORT_CHECKS = """
 assert h.shape == (4, 128), h.shape
 assert classifier(images).shape == (4, 10)
@@ -33,9 +25,45 @@ assert len(encoder.trainable_weights) > 0
 """
 
 
-def _blocks() -> list[str]:
+def _readme() -> str:
     with open(os.path.join(ROOT, "README.md")) as f:
-        return re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)
+        return f.read()
+
+
+def _blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", _readme(), flags=re.S)
+
+
+@pytest.fixture(scope="module")
+def main_command_run(tmp_path_factory):
+    """The README's main command as written, for one step, with its outputs elsewhere."""
+    section = re.search(r"^## The main command\n(.*?)^## ", _readme(), re.M | re.S)
+    command = re.search(r"```bash\n(.*?)```", section.group(1), re.S).group(1)
+    command = command.replace("\\\n", " ").split()
+    assert command[:2] == ["python", "run.py"], command
+    assert "--model_dir=/tmp/simclr_quickstart" in command
+    model_dir = tmp_path_factory.mktemp("quickstart") / "run"
+    args = [f"--model_dir={model_dir}" if a.startswith("--model_dir=") else a for a in command[2:]]
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run(
+        [sys.executable, "run.py", *args, "--train_steps=1"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return model_dir
+
+
+def test_main_command_runs(main_command_run):
+    config = json.loads((main_command_run / "config.json").read_text())
+    # The flagfile's settings were used, not run.py's ImageNet defaults.
+    assert (config["dataset"], config["resnet_depth"], config["train_epochs"]) == ("digits", 18, 30)
+    result = json.loads((main_command_run / "result.json").read_text())
+    assert result["global_step"] == 1
+    assert os.path.isdir(main_command_run / "saved_model" / "1")
 
 
 def _run(script, cwd):
@@ -75,10 +103,12 @@ def test_released_model_example_runs(tmp_path):
     _run(script, tmp_path)
 
 
-def test_export_example_runs(tmp_path):
+def test_export_example_runs(tmp_path, main_command_run):
+    # On the export of the main command's run (after one step instead of 330).
     export_block = [b for b in _blocks() if "AuthorsCheckpoint" not in b][0]
     path = "/tmp/simclr_quickstart/saved_model/330"
     assert path in export_block
     script = tmp_path / "export_example.py"
-    script.write_text(EXPORT + export_block.replace(path, "export") + EXPORT_CHECKS)
+    export = str(main_command_run / "saved_model" / "1")
+    script.write_text(export_block.replace(path, export) + EXPORT_CHECKS)
     _run(script, tmp_path)
