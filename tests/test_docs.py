@@ -30,7 +30,7 @@ PROGRAM = re.compile(r"(?<![\w/])(run\.py|tools/\w+\.py)")
 # Programs of other projects: their flags are theirs.
 EXTERNAL = re.compile(r"(?<![\w/-])(pytest|ruff|pip|tensorboard|gsutil)(?![\w-])")
 TOOL_OPTION = re.compile(r"^\s{2}(?:-\w, )?--([a-z][\w-]*)", re.M)
-ABSL_FLAG = re.compile(r"^\s*(?:-\?,)?--(\[no\])?([a-z]\w*):", re.M)
+ABSL_FLAG = re.compile(r"^\s*(?:-[?a-z],)?--(\[no\])?([a-z]\w*):", re.M)
 
 HELP_SCRIPT = """
 import contextlib, io, json, runpy, sys

@@ -12,6 +12,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 CHECKS = """
+assert int(run.optimizer.iterations.numpy()) == 20
+assert run.optimizer.decay_rule == run.model.weight_decay_rule
 assert h.shape == (4, 128), h.shape
 views, labels = next(iter(train))
 assert views.shape == (256, 32, 32, 6), views.shape
@@ -19,6 +21,8 @@ assert views.shape == (256, 32, 32, 6), views.shape
 
 
 EXPORT_CHECKS = """
+assert int(run.optimizer.iterations.numpy()) == 20
+assert run.optimizer.decay_rule == run.model.weight_decay_rule
 assert h.shape == (4, 128), h.shape
 assert classifier(images).shape == (4, 10)
 assert len(encoder.trainable_weights) > 0
@@ -60,7 +64,8 @@ def main_command_run(tmp_path_factory):
 def test_main_command_runs(main_command_run):
     config = json.loads((main_command_run / "config.json").read_text())
     # The flagfile's settings were used, not run.py's ImageNet defaults.
-    assert (config["dataset"], config["resnet_depth"], config["train_epochs"]) == ("digits", 18, 30)
+    settings = (config["data"]["dataset"], config["model"]["resnet_depth"])
+    assert settings + (config["train"]["train_epochs"],) == ("digits", 18, 30)
     result = json.loads((main_command_run / "result.json").read_text())
     assert result["global_step"] == 1
     assert os.path.isdir(main_command_run / "saved_model" / "1")
@@ -86,7 +91,7 @@ def _released_block() -> str:
 
 def test_python_examples_run(tmp_path):
     blocks = [b for b in _blocks() if "AuthorsCheckpoint" not in b]
-    assert len(blocks) == 3, "README.md should have the export, model and data examples"
+    assert len(blocks) == 4, "README.md should have the export, run, model and data examples"
     script = tmp_path / "example.py"
     script.write_text("\n".join(blocks[1:]) + CHECKS)
     _run(script, tmp_path)
