@@ -1,27 +1,17 @@
-"""Data sources on small real files written by the test, and on ../shared/data."""
+"""Data sources (folders, .npz files, the embedded default) on small real files written
+by the test, and on ../shared/data."""
 
 import os
-import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_datasets as tfds
-from PIL import Image
 
 from simclr_tf2.data.pipeline import build_dataset
-from simclr_tf2.data.sources import DataError, balanced_subset, load_source
+from simclr_tf2.data.sources import DataError, load_source
+from tests.images import rgb, save
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10")
-
-
-def save(path, array, fmt=None):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(array).save(path, format=fmt)
-
-
-def rgb(h=40, w=30, seed=0):
-    return (np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)
 
 
 @pytest.fixture
@@ -65,15 +55,6 @@ def test_flat_folder_is_unlabelled(tmp_path):
     source = load_source(str(tmp_path))
     assert source.num_classes is None and source.num_examples == 3
     assert {int(ex["label"]) for ex in source.dataset()} == {-1}
-
-
-def test_folder_slicing(tmp_path):
-    for i in range(10):
-        save(str(tmp_path / f"{i:02d}.png"), rgb(8, 8, seed=i))
-    assert load_source(str(tmp_path), "train[:30%]").num_examples == 3
-    assert load_source(str(tmp_path), "train[2:5]").num_examples == 3
-    with pytest.raises(DataError, match="selects no examples"):
-        load_source(str(tmp_path), "train[5:5]")
 
 
 @pytest.mark.parametrize(
@@ -157,90 +138,6 @@ def test_embedded_default():
         load_source("digits", "valid")
 
 
-def test_tfds_offline_fails_fast_with_instructions(tmp_path):
-    start = time.time()
-    with pytest.raises(DataError, match="tfds build cifar10 --data_dir"):
-        load_source("cifar10", data_dir=str(tmp_path))
-    assert time.time() - start < 30
-    with pytest.raises(DataError, match="not the embedded default"):
-        load_source("no_such_dataset_name", data_dir=str(tmp_path))
-    # A TFDS name with a config is a TFDS name, not a folder.
-    with pytest.raises(DataError, match="tfds build imagenet2012_subset/10pct --data_dir"):
-        load_source("imagenet2012_subset/10pct", data_dir=str(tmp_path))
-    with pytest.raises(DataError, match="no such directory"):
-        load_source(str(tmp_path / "photos"))
-
-
-def test_tfds_not_prepared_is_decided_from_disk_even_when_metadata_is_fetched(
-    tmp_path, monkeypatch
-):
-    """On a networked host TFDS fetches a dataset's metadata (splits and all) without its
-    data; simulated here by a DatasetInfo whose splits are known."""
-
-    class FetchedSplit:
-        num_examples = 50_000
-
-    monkeypatch.setattr(
-        tfds.core.DatasetInfo, "splits", property(lambda self: {"train": FetchedSplit()})
-    )
-    assert tfds.builder("cifar10", data_dir=str(tmp_path)).info.splits  # as if fetched
-    with pytest.raises(DataError, match="tfds build cifar10 --data_dir"):
-        load_source("cifar10", data_dir=str(tmp_path))
-
-
-def test_bad_split_syntax():
-    with pytest.raises(DataError, match=r"^--train_split=train\[::2\]: not a split"):
-        load_source("digits", "train[::2]")
-
-
-@pytest.fixture
-def folder_with_bad_files(tmp_path):
-    root = tmp_path / "mixed"
-    save(str(root / "a" / "good.png"), rgb(seed=1))
-    save(str(root / "a" / "good.jpg"), rgb(seed=2), "JPEG")
-    save(str(root / "b" / "good.png"), rgb(seed=3))
-    jpeg = (root / "a" / "good.jpg").read_bytes()
-    (root / "b" / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
-    (root / "b" / "text.png").write_text("this is not an image")
-    (root / "b" / "empty.gif").write_bytes(b"")
-    # A valid header and end marker around garbage: only decoding finds it.
-    (root / "b" / "garbage.jpg").write_bytes(jpeg[:20] + b"\x00" * 500 + jpeg[-2:])
-    return str(root)
-
-
-def test_bad_files_stop_the_run_naming_them(folder_with_bad_files):
-    with pytest.raises(DataError) as error:
-        load_source(folder_with_bad_files)
-    message = str(error.value)
-    assert message.startswith("3 bad image file(s):")
-    for name, reason in [
-        ("empty.gif", "empty file"),
-        ("text.png", "not a JPEG, PNG, GIF or BMP file"),
-        ("truncated.jpg", "truncated JPEG"),
-    ]:
-        assert f"{name}: {reason}" in message
-    assert "--skip_bad_images" in message
-
-
-def test_skip_bad_images_skips_and_logs_them(folder_with_bad_files, caplog):
-    source = load_source(folder_with_bad_files, skip_bad_images=True)
-    assert source.num_examples == 4  # 3 good + garbage.jpg, which has valid markers
-    assert "Skipped 3 bad image files of 7" in caplog.text
-    assert "truncated.jpg: truncated JPEG" in caplog.text
-    full = load_source(folder_with_bad_files, skip_bad_images=True, verify_images="decode")
-    assert full.num_examples == 3
-    assert "garbage.jpg: cannot be decoded" in caplog.text
-    # What is left decodes.
-    views = list(build_dataset(full, 8, 8, "eval"))[0][0]
-    assert views.shape == (3, 8, 8, 3)
-
-
-def test_every_image_bad(tmp_path):
-    (tmp_path / "x.jpg").write_text("nope")
-    with pytest.raises(DataError, match="every image file is bad"):
-        load_source(str(tmp_path), skip_bad_images=True)
-
-
 def test_one_class_or_no_labels_for_linear_eval(tmp_path):
     save(str(tmp_path / "only" / "a.png"), rgb())
     with pytest.raises(DataError, match="has 1 class, and linear evaluation needs at least 2"):
@@ -250,61 +147,6 @@ def test_one_class_or_no_labels_for_linear_eval(tmp_path):
     with pytest.raises(DataError, match="has no labels, and fine-tuning needs them"):
         load_source(str(flat)).require_classes("fine-tuning")
     load_source("digits").require_classes("linear evaluation")  # 10 classes: fine
-
-
-class TinyTestImages(tfds.core.GeneratorBasedBuilder):
-    """A TFDS dataset built locally, so the TFDS path is tested offline."""
-
-    VERSION = tfds.core.Version("1.0.0")
-
-    def _info(self):
-        return tfds.core.DatasetInfo(
-            builder=self,
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(8, 8, 3)),
-                    "label": tfds.features.ClassLabel(num_classes=3),
-                    "file_name": tfds.features.Text(),
-                }
-            ),
-        )
-
-    def _split_generators(self, dl_manager):
-        return {"train": self._generate_examples(12), "test": self._generate_examples(6)}
-
-    def _generate_examples(self, n):
-        rng = np.random.default_rng(n)
-        for i in range(n):
-            image = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-            yield i, {"image": image, "label": i % 3, "file_name": f"img_{i}.png"}
-
-
-@pytest.fixture(scope="module")
-def tfds_dir(tmp_path_factory):
-    data_dir = str(tmp_path_factory.mktemp("tfds"))
-    TinyTestImages(data_dir=data_dir).download_and_prepare()
-    return data_dir
-
-
-def test_tfds_source_with_slicing(tfds_dir):
-    source = load_source("tiny_test_images", "train", data_dir=tfds_dir)
-    assert (source.num_examples, source.num_classes) == (12, 3)
-    assert load_source("tiny_test_images", "train[:25%]", data_dir=tfds_dir).num_examples == 3
-    assert load_source("tiny_test_images", "test", data_dir=tfds_dir).num_examples == 6
-    views, labels = next(iter(build_dataset(source, 12, 8, "eval")))
-    assert views.shape == (12, 8, 8, 3) and sorted(labels.numpy()) == sorted(
-        [i % 3 for i in range(12)]
-    )
-    with pytest.raises(DataError, match=r"--train_split=validation: no such split in TFDS dataset"):
-        load_source("tiny_test_images", "validation", data_dir=tfds_dir)
-
-
-def test_label_subset_tfds(tfds_dir, tmp_path):
-    subset = tmp_path / "subset.txt"
-    subset.write_text("# two of twelve\nimg_4.png\nimg_7.png\n\n")
-    source = load_source("tiny_test_images", data_dir=tfds_dir, label_subset=str(subset))
-    assert source.num_examples == 2
-    assert sorted(int(ex["label"]) for ex in source.dataset()) == [1, 1]
 
 
 def test_label_subset_folder_and_npz(class_folder, tmp_path):
@@ -323,22 +165,6 @@ def test_label_subset_folder_and_npz(class_folder, tmp_path):
     assert [int(ex["label"]) for ex in digits.dataset()] == [full[3], full[0]]
     with pytest.raises(DataError, match="cannot be read"):
         load_source("digits", label_subset=str(tmp_path / "none.txt"))
-
-
-def test_label_fraction_subsets_are_balanced_sized_and_seeded():
-    # Imbalanced labels: 500 of class 0, 300 of class 1, 200 of class 2.
-    labels = np.repeat([0, 1, 2], [500, 300, 200])
-    rows = balanced_subset(labels, 0.1, seed=7)
-    assert len(rows) == 99  # 10% of 1000 over 3 classes: 33 each
-    assert np.bincount(labels[rows]).tolist() == [33, 33, 33]
-    assert len(set(rows)) == len(rows) and np.all(np.diff(rows) > 0)
-    np.testing.assert_array_equal(rows, balanced_subset(labels, 0.1, seed=7))
-    assert not np.array_equal(rows, balanced_subset(labels, 0.1, seed=8))
-    # A class smaller than its share gives all it has; 1% still keeps one per class.
-    assert np.bincount(labels[balanced_subset(labels, 0.9, 0)]).tolist() == [300, 300, 200]
-    assert np.bincount(labels[balanced_subset(labels, 0.001, 0)]).tolist() == [1, 1, 1]
-    with pytest.raises(DataError, match=r"--label_fraction=1.5: must be in \(0, 1\]"):
-        balanced_subset(labels, 1.5)
 
 
 def test_label_fraction_on_npz_folder_and_digits(tmp_path):

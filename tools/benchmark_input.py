@@ -33,9 +33,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from simclr_tf2.data import augment  # noqa: E402
+from simclr_tf2.data.crop import (  # noqa: E402
+    decode_and_random_crops,
+    jpeg_crop_windows,
+    union_window,
+)
 from simclr_tf2.data.pipeline import build_dataset  # noqa: E402
 from simclr_tf2.data.sources import folder_source, npz_source  # noqa: E402
+from simclr_tf2.data.views import ViewDraws, finish_views, pair_seeds, simclr_pair_jpeg  # noqa: E402
 from tools.hardware import REFERENCE_PEAK_GFLOPS, cores, matmul_peak_gflops  # noqa: E402
 
 CIFAR = os.path.join(
@@ -97,7 +102,7 @@ def breakdown(folder: str, seconds: float, batch: int, size: int = 224) -> dict[
     data = [Path(folder, name).read_bytes() for name in sorted(os.listdir(folder))]
 
     def windows(jpeg, seed):
-        return augment.jpeg_crop_windows(jpeg, augment._pair_seeds(seed)[0])
+        return jpeg_crop_windows(jpeg, pair_seeds(seed)[0])
 
     def token(images):  # a scalar per pair: batching costs nothing
         return tf.add_n([tf.cast(tf.reduce_sum(image[:1, :1]), tf.float32) for image in images])
@@ -105,11 +110,9 @@ def breakdown(folder: str, seconds: float, batch: int, size: int = 224) -> dict[
     crops = [tf.random.stateless_uniform([size, size, 3], [0, i]) for i in range(2)]
 
     def after_crop(compiled):
-        finish = augment._finish_views_compiled if compiled else augment._finish_views
-
         def fn(_, seed):
-            draws = [tf.random.stateless_uniform([10], s) for s in augment._pair_seeds(seed)[1]]
-            return finish(crops, draws, size, 1.0, True, True, True, compiled)
+            draws = [ViewDraws.from_seed(s) for s in pair_seeds(seed)[1]]
+            return finish_views(crops, draws, size, compiled=compiled)
 
         return fn
 
@@ -118,15 +121,15 @@ def breakdown(folder: str, seconds: float, batch: int, size: int = 224) -> dict[
             [tf.image.decode_and_crop_jpeg(j, w, channels=3) for w in tf.unstack(windows(j, s))]
         ),
         "decode the union of both windows": lambda j, s: token(
-            [tf.image.decode_and_crop_jpeg(j, augment.union_window(windows(j, s)), channels=3)]
+            [tf.image.decode_and_crop_jpeg(j, union_window(windows(j, s)), channels=3)]
         ),
         "decode + bicubic resize of both": lambda j, s: token(
-            augment.decode_and_random_crops(j, augment._pair_seeds(s)[0], size)
+            decode_and_random_crops(j, pair_seeds(s)[0], size)
         ),
         "after the crop, op by op (in-memory crops)": after_crop(False),
         "after the crop, compiled (in-memory crops)": after_crop(True),
-        "whole pair without blur": lambda j, s: augment.simclr_pair_jpeg(j, s, size, blur=False),
-        "whole pair": lambda j, s: augment.simclr_pair_jpeg(j, s, size),
+        "whole pair without blur": lambda j, s: simclr_pair_jpeg(j, s, size, blur=False),
+        "whole pair": lambda j, s: simclr_pair_jpeg(j, s, size),
     }
     result = {}
     for name, fn in stages.items():

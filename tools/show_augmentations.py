@@ -24,9 +24,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from simclr_tf2.data import augment  # noqa: E402
-from simclr_tf2.data.pipeline import _pixels  # noqa: E402
+from simclr_tf2.data.blur import use_blur_for  # noqa: E402
+from simclr_tf2.data.pipeline import pixels  # noqa: E402
 from simclr_tf2.data.sources import DataError, load_source  # noqa: E402
+from simclr_tf2.data.views import eval_view, simclr_view  # noqa: E402
 
 GAP = 4  # pixels between tiles
 
@@ -67,18 +68,16 @@ def main() -> int:
         print(f"show_augmentations: {error}", file=sys.stderr)
         return 2
     size = args.image_size or (source.image_shape[0] if source.image_shape else 224)
-    blur = augment.use_blur_for(size, bool(args.use_blur))
+    blur = use_blur_for(size, bool(args.use_blur))
     originals, views = [], []
     for i, example in enumerate(source.dataset().take(args.rows)):
-        image = _pixels(example)
-        originals.append(augment.eval_view(image, size).numpy())
+        image = pixels(example)
+        originals.append(eval_view(image, size).numpy())
         row = []
         for v in range(2 * args.pairs):
             seed = tf.constant([args.seed * 1_000_003 + i, v], tf.int64)
             row.append(
-                augment.simclr_view(
-                    image, seed, size, args.color_jitter_strength, blur=blur
-                ).numpy()
+                simclr_view(image, seed, size, args.color_jitter_strength, blur=blur).numpy()
             )
         views.append(row)
     canvas = grid(originals, views, size)

@@ -12,42 +12,45 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from simclr_tf2.data import augment
-from simclr_tf2.data.sources import Source
+from simclr_tf2.data.blur import use_blur_for
+from simclr_tf2.data.source import Source
+from simclr_tf2.data.views import eval_view, finetune_view, simclr_pair, simclr_pair_jpeg
 
 MODES = ("pretrain", "finetune", "eval")
 
 
-def _decode(encoded) -> tf.Tensor:
-    # Any of JPEG/PNG/BMP/GIF; grayscale, RGBA and 16-bit become RGB uint8.
+def decode_image(encoded) -> tf.Tensor:
+    """The uint8 (H, W, 3) pixels of a JPEG, PNG, BMP or GIF file's bytes
+    (grayscale, RGBA and 16-bit images become RGB uint8)."""
     image = tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
     image.set_shape([None, None, 3])
     return image
 
 
-def _pixels(example) -> tf.Tensor:
-    return example["image"] if "image" in example else _decode(example["encoded"])
+def pixels(example) -> tf.Tensor:
+    """The uint8 (H, W, 3) pixels of a source's example (see `Source`)."""
+    return example["image"] if "image" in example else decode_image(example["encoded"])
 
 
 def _view_fn(mode: str, image_size: int, color_jitter_strength: float, use_blur: bool):
     """Returns fn(example, seed) -> view(s) for `mode`."""
-    blur = augment.use_blur_for(image_size, use_blur)
+    blur = use_blur_for(image_size, use_blur)
 
     def two_views(example, seed):
         # Both views stacked on channels: (S, S, 6).
         if "image" in example:
-            views = augment.simclr_pair(
+            views = simclr_pair(
                 example["image"], seed, image_size, color_jitter_strength, blur=blur
             )
         else:
             encoded = example["encoded"]
             views = tf.cond(
                 tf.io.is_jpeg(encoded),
-                lambda: augment.simclr_pair_jpeg(
+                lambda: simclr_pair_jpeg(
                     encoded, seed, image_size, color_jitter_strength, blur=blur
                 ),
-                lambda: augment.simclr_pair(
-                    _decode(encoded), seed, image_size, color_jitter_strength, blur=blur
+                lambda: simclr_pair(
+                    decode_image(encoded), seed, image_size, color_jitter_strength, blur=blur
                 ),
             )
         return views, example["label"]
@@ -56,10 +59,10 @@ def _view_fn(mode: str, image_size: int, color_jitter_strength: float, use_blur:
         return two_views
     if mode == "finetune":
         return lambda example, seed: (
-            augment.finetune_view(_pixels(example), seed, image_size),
+            finetune_view(pixels(example), seed, image_size),
             example["label"],
         )
-    return lambda example, seed: (augment.eval_view(_pixels(example), image_size), example["label"])
+    return lambda example, seed: (eval_view(pixels(example), image_size), example["label"])
 
 
 def build_dataset(
