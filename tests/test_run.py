@@ -114,7 +114,7 @@ WRONG = [
     (["--resnet_depth=42"], "--resnet_depth=42: use one of"),
     (["--mode=evaluate"], "flag --mode=evaluate: value should be one of"),
     (["--mode=eval"], "--mode=eval: no checkpoint in --model_dir="),
-    (["--keep_hub_module_max=0"], "--keep_hub_module_max=0: keep at least 1 export"),
+    (["--keep_hub_module_max=0"], "--keep_hub_module_max=0: must be >= 1 (keep at least 1 export)"),
     (["--mode=eval", "--eval_timeout=-1"], "--eval_timeout=-1: must not be negative"),
     (["--verify_images=full"], "flag --verify_images=full: value should be one of"),
     (
