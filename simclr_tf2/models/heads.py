@@ -16,7 +16,7 @@ class LinearLayer(keras.layers.Layer):
         units: output width.
         use_bias: learn an offset (the norm's beta when `use_bn`).
         use_bn: follow the Dense with batch norm.
-        global_bn, batch_norm_decay, batch_norm_epsilon: as in `ResNet`.
+        global_bn, batch_norm_decay, batch_norm_epsilon, kernels: as in `ResNet`.
     """
 
     def __init__(
@@ -27,6 +27,7 @@ class LinearLayer(keras.layers.Layer):
         global_bn: bool = True,
         batch_norm_decay: float = 0.9,
         batch_norm_epsilon: float = BATCH_NORM_EPSILON,
+        kernels: str = "auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -36,6 +37,7 @@ class LinearLayer(keras.layers.Layer):
         self.global_bn = global_bn
         self.batch_norm_decay = batch_norm_decay
         self.batch_norm_epsilon = batch_norm_epsilon
+        self.kernels = kernels
         self.dense = keras.layers.Dense(
             units,
             use_bias=use_bias and not use_bn,
@@ -50,6 +52,7 @@ class LinearLayer(keras.layers.Layer):
                 epsilon=batch_norm_epsilon,
                 center=use_bias,
                 name="batch_normalization",
+                kernels=kernels,
             )
 
     def call(self, inputs, training=None):
@@ -68,6 +71,7 @@ class LinearLayer(keras.layers.Layer):
                 "global_bn": self.global_bn,
                 "batch_norm_decay": self.batch_norm_decay,
                 "batch_norm_epsilon": self.batch_norm_epsilon,
+                "kernels": self.kernels,
             }
         )
         return config
@@ -101,7 +105,7 @@ class ProjectionHead(keras.layers.Layer):
         proj_head_mode: "none", "linear" or "nonlinear".
         proj_out_dim: width of z.
         num_proj_layers: depth of the nonlinear head.
-        global_bn, batch_norm_decay, batch_norm_epsilon: as in `ResNet`.
+        global_bn, batch_norm_decay, batch_norm_epsilon, kernels: as in `ResNet`.
     """
 
     def __init__(
@@ -112,6 +116,7 @@ class ProjectionHead(keras.layers.Layer):
         global_bn: bool = True,
         batch_norm_decay: float = 0.9,
         batch_norm_epsilon: float = BATCH_NORM_EPSILON,
+        kernels: str = "auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -128,6 +133,7 @@ class ProjectionHead(keras.layers.Layer):
         self.global_bn = global_bn
         self.batch_norm_decay = batch_norm_decay
         self.batch_norm_epsilon = batch_norm_epsilon
+        self.kernels = kernels
         self.num_layers = 0
 
     @property
@@ -140,6 +146,7 @@ class ProjectionHead(keras.layers.Layer):
             global_bn=self.global_bn,
             batch_norm_decay=self.batch_norm_decay,
             batch_norm_epsilon=self.batch_norm_epsilon,
+            kernels=self.kernels,
         )
         if self.proj_head_mode == "linear":
             widths = [self.proj_out_dim]
@@ -175,6 +182,7 @@ class ProjectionHead(keras.layers.Layer):
                 "global_bn": self.global_bn,
                 "batch_norm_decay": self.batch_norm_decay,
                 "batch_norm_epsilon": self.batch_norm_epsilon,
+                "kernels": self.kernels,
             }
         )
         return config
