@@ -58,6 +58,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--num_proj_layers", type=int, default=3)
     add("--optimizer", default="lars")
     add("--global_bn", type=lambda v: v.lower() in ("1", "true", "yes"), default=True)
+    add(
+        "--kernels",
+        default="auto",
+        choices=["auto", "plain"],
+        help="SimCLRModel(kernels=...): the CPU kernels of simclr_tf2.models.kernels where "
+        "they apply, or stock Keras layers only (for an A/B of their gain)",
+    )
     add("--steps", type=int, default=8, help="steps per timed window")
     add("--windows", type=int, default=3, help="timed windows (the median is reported)")
     add("--no_pipeline", action="store_true", help="skip the run with the input pipeline")
@@ -161,7 +168,18 @@ def timed_runs(model, datasets: dict, args, after_first=None) -> dict:
     return rates
 
 
-def count_train_flops(config, num_classes: int) -> int:
+def _build_model(config, num_classes: int, kernels: str):
+    """train.build_model's model with `kernels` (not a Config field)."""
+    from simclr_tf2.train import build_model
+
+    model = build_model(config, num_classes)
+    if kernels == model.kernels:
+        return model
+    # The same model with the other switch: its layers are not built yet.
+    return type(model).from_config({**model.get_config(), "kernels": kernels})
+
+
+def count_train_flops(config, num_classes: int, kernels: str = "auto") -> int:
     """FLOPs of one train step on one device, counted from the graph of the step.
 
     Each op's FLOPs are TensorFlow's own (its registered "flops" statistics, as
@@ -173,10 +191,10 @@ def count_train_flops(config, num_classes: int) -> int:
     import tensorflow as tf
     from tensorflow.python.framework import ops as tf_ops
 
-    from simclr_tf2.train import _dtype_policy, build_model
+    from simclr_tf2.train import _dtype_policy
 
     with _dtype_policy(config.mixed_precision):
-        model = build_model(config, num_classes)
+        model = _build_model(config, num_classes, kernels)
         model.build((None, config.image_size, config.image_size, 3))
         model.compile(optimizer=_optimizer(config))
         model.optimizer.build(model.trainable_variables)
@@ -225,7 +243,7 @@ def main(argv=None) -> dict:
     from simclr_tf2.config import Config, validate
     from simclr_tf2.data.pipeline import distributed_dataset
     from simclr_tf2.data.sources import npz_source
-    from simclr_tf2.train import _dtype_policy, build_model
+    from simclr_tf2.train import _dtype_policy
     from tools.hardware import REFERENCE_PEAK_GFLOPS, cores, matmul_peak_gflops
 
     config = validate(
@@ -251,7 +269,7 @@ def main(argv=None) -> dict:
     peak_before = matmul_peak_gflops()
 
     with strategy.scope(), _dtype_policy(config.mixed_precision):
-        model = build_model(config, num_classes)
+        model = _build_model(config, num_classes, args.kernels)
         model.build((None, config.image_size, config.image_size, 3))
         model.compile(
             optimizer=_optimizer(config),
@@ -312,7 +330,7 @@ def main(argv=None) -> dict:
         profile_fit(model, synthetic, 1, args.memory_profile_dir, host_tracer_level=3)
         print(format_live(*live_at_peak(args.memory_profile_dir)), flush=True)
 
-    flops = count_train_flops(config, num_classes)
+    flops = count_train_flops(config, num_classes, args.kernels)
     flops_per_pair = flops / batch
     achieved = pairs_per_s * flops_per_pair / 1e9
     result = {
