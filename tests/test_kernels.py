@@ -124,10 +124,12 @@ def test_mixed_bfloat16_step_is_the_same_to_bfloat16s_own_error(steps, replicas,
     # model's bfloat16 gradients against its float32 ones (26% for the whole
     # gradient, up to 60% for the first layers' norms). The kernels change the
     # order of bfloat16 roundings, not the maths: their difference must stay a
-    # small part of that error (measured: at most 11% of it, 1.1e-2 overall).
-    assert relative(flat(auto), flat(plain)) < 0.25 * relative(flat(plain), flat(exact))
+    # small part of that error. Measured: 4.4% of it for the whole gradient, at
+    # most 11% for one tensor; recomputing the ReLU with the unbiased variance
+    # (a real bug, 4% in float32) gives 21% and 47%.
+    assert relative(flat(auto), flat(plain)) < 0.1 * relative(flat(plain), flat(exact))
     for name in auto:
-        assert relative(auto[name], plain[name]) < 0.5 * relative(plain[name], exact[name]), name
+        assert relative(auto[name], plain[name]) < 0.25 * relative(plain[name], exact[name]), name
     # Statistics are float32 sums of the same bfloat16 activations (measured 5e-6).
     auto, plain = (tensors(run, setting, s, "stat") for s in kernels.KERNELS)
     for name in auto:
