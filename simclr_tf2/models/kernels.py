@@ -17,8 +17,13 @@ function: `tests/test_kernels.py` checks one training step's loss, gradients
 and batch-norm statistics to 1e-5 relative in float32, on one and two
 replicas, with and without global batch norm, and under mixed_bfloat16.
 
-The kernels, with the gain each was measured to give on a ResNet-18 CIFAR
-training step (`tools/benchmark.py --kernels=auto|plain`; see each docstring):
+The kernels (each docstring gives why and its measured gain). All three
+together, A/B on the same host in one session (2026-12-03, AMD EPYC, 2 cores,
+AVX2 + FMA, no AVX-512; the cores shared with other jobs, load average 6-8),
+`tools/benchmark.py --resnet_depth=18 --image_size=32 --train_batch_size=64
+--no_pipeline --steps=3 --windows=3 --kernels=auto|plain`: peak resident
+memory 1.71 vs 1.86 GB ("auto" vs "plain", ResNet-18 CIFAR); speed 1.94 vs
+1.89 pairs/s, a difference the shared cores could not resolve.
 
 * `FusedBatchNormalization`: batch norm by TensorFlow's fused kernel.
 * `PaddedConv2D`: a strided convolution with explicit padding that keeps no
@@ -72,10 +77,11 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     `jit_compile`) computes the same function in one pass and its gradient in
     one more, keeping only the input and the batch statistics.
 
-    Measured gain (with `PaddedConv2D` and `norm_relu_conv`, which need it; the
-    figures are in the README's "CPU kernels" section): the ResNet-18 CIFAR
-    step at batch 256 on 2 cores of an AMD EPYC (AVX2, FMA, no AVX-512),
-    `tools/benchmark.py --kernels=auto` against `--kernels=plain`.
+    Measured gain: batch norm took 3.9 s of op time per ResNet-18 CIFAR step at
+    batch 256 as Keras computes it (moments from Sum/Square/Mul, a Tile in the
+    gradient) and 1.9 s on the fused kernel (`tools/benchmark.py
+    --profile_dir`, 2 cores of an AMD EPYC, AVX2, 2026-11-26). It is also what
+    `norm_relu_conv` needs: the batch statistics and reserve spaces it reuses.
 
     Where: channels-last float32, float16 and bfloat16 inputs of rank 2 or 4,
     whenever the statistics are this replica's own: always in inference, and
@@ -155,8 +161,9 @@ class PaddedConv2D(keras.layers.Conv2D):
     Why: padding in front of the convolution (a ZeroPadding2D layer, or
     `keras.ops.pad` as the plain path does) makes a padded copy of the input,
     and that copy is what the backward pass keeps, beside the unpadded input:
-    0.36 GB more at the memory peak of a ResNet-18 step at batch 256 (measured
-    with `tools/benchmark.py --memory_profile_dir`). TensorFlow's own explicit
+    measured gain 0.36 GB at TensorFlow's memory peak of a ResNet-18 CIFAR
+    step at batch 256 (3.32 vs 2.96 GB, `tools/benchmark.py
+    --memory_profile_dir`, 2 cores of an AMD EPYC, AVX2, 2026-11-26). TensorFlow's own explicit
     paddings avoid the copy but run the backward on its generic kernels
     instead of oneDNN's. So the gradient is defined here: the forward pads,
     convolves and drops the padded copy; the backward pads again (a transient
@@ -227,9 +234,11 @@ def norm_relu_conv(
     Why: the ReLU output is what a plain graph keeps for the convolution's
     weight gradient; here the backward recomputes it from x with the batch
     statistics of the forward pass (one elementwise pass), so each residual
-    block keeps one activation fewer: 0.5 GB less at the memory peak of a
-    ResNet-18 step at batch 256 (measured, `tools/benchmark.py
-    --memory_profile_dir`).
+    block keeps one activation fewer. Measured gain 0.48 GB at TensorFlow's
+    memory peak of a ResNet-18 CIFAR step at batch 256 (2.96 vs 2.48 GB,
+    `tools/benchmark.py --memory_profile_dir`, same host and month as
+    `PaddedConv2D`), for about 1% more op time (the recomputed passes are
+    elementwise), below the run-to-run spread.
 
     Where: on "auto", when `norm` is a built `FusedBatchNormalization` that
     trains with TensorFlow's fused kernel on a rank-4 input and `conv` (a
