@@ -21,9 +21,10 @@ The kernels (each docstring gives why and its measured gain). All three
 together, A/B on the same host in one session (2026-12-03, AMD EPYC, 2 cores,
 AVX2 + FMA, no AVX-512; the cores shared with other jobs, load average 6-8),
 `tools/benchmark.py --resnet_depth=18 --image_size=32 --train_batch_size=64
---no_pipeline --steps=3 --windows=3 --kernels=auto|plain`: peak resident
-memory 1.71 vs 1.86 GB ("auto" vs "plain", ResNet-18 CIFAR); speed 1.94 vs
-1.89 pairs/s, a difference the shared cores could not resolve.
+--no_pipeline --steps=3 --windows=3 --kernels=auto|plain`, run side by side,
+twice: peak resident memory 1.71 vs 1.86 GB and 1.91 vs 1.95 GB ("auto" vs
+"plain", ResNet-18 CIFAR); speed 1.94 vs 1.89 and 1.87 vs 1.90 pairs/s, a
+difference the shared cores could not resolve.
 
 * `FusedBatchNormalization`: batch norm by TensorFlow's fused kernel.
 * `PaddedConv2D`: a strided convolution with explicit padding that keeps no
