@@ -49,7 +49,7 @@ def build_model(config: Config, num_classes: int | None) -> SimCLRModel:
         cifar_stem=config.cifar_stem,
         distill_temperature=config.distill.distill_temperature,
         distill_label_weight=config.distill.distill_label_weight,
-        **{f.name: getattr(m, f.name) for f in dataclasses.fields(m) if f.name != "kernels"},
+        **{f.name: getattr(m, f.name) for f in dataclasses.fields(m)},
     )
     size = config.data.image_size
     model.build((None, size, size, 3))

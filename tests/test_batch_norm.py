@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf2.models.resnet import FusedBatchNormalization, batch_norm
+from simclr_tf2.models.kernels import FusedBatchNormalization
+from simclr_tf2.models.resnet import batch_norm
 
 
 def pair(shape, dtype_policy, center=True, synchronized=True):

@@ -58,6 +58,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--num_proj_layers", type=int, default=3)
     add("--optimizer", default="lars")
     add("--global_bn", type=lambda v: v.lower() in ("1", "true", "yes"), default=True)
+    add(
+        "--kernels",
+        default="auto",
+        choices=["auto", "plain"],
+        help="SimCLRModel(kernels=...): the CPU kernels of simclr_tf2.models.kernels where "
+        "they apply, or stock Keras layers only (for an A/B of their gain)",
+    )
     add("--steps", type=int, default=8, help="steps per timed window")
     add("--windows", type=int, default=3, help="timed windows (the median is reported)")
     add("--no_pipeline", action="store_true", help="skip the run with the input pipeline")
@@ -241,6 +248,7 @@ def main(argv=None) -> dict:
         num_proj_layers=args.num_proj_layers,
         optimizer=args.optimizer,
         global_bn=args.global_bn,
+        kernels=args.kernels,
         color_jitter_strength=0.5,
         use_blur=args.image_size > 32,
         temperature=0.5,

@@ -15,7 +15,7 @@ class LinearLayer(keras.layers.Layer):
         units: output width.
         use_bias: learn an offset (the norm's beta when `use_bn`).
         use_bn: follow the Dense with batch norm.
-        global_bn, batch_norm_decay, batch_norm_epsilon: as in `ResNet`.
+        global_bn, batch_norm_decay, batch_norm_epsilon, kernels: as in `ResNet`.
     """
 
     def __init__(
@@ -26,6 +26,7 @@ class LinearLayer(keras.layers.Layer):
         global_bn: bool = True,
         batch_norm_decay: float = 0.9,
         batch_norm_epsilon: float = BATCH_NORM_EPSILON,
+        kernels: str = "auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -35,6 +36,7 @@ class LinearLayer(keras.layers.Layer):
         self.global_bn = global_bn
         self.batch_norm_decay = batch_norm_decay
         self.batch_norm_epsilon = batch_norm_epsilon
+        self.kernels = kernels
         self.dense = keras.layers.Dense(
             units,
             use_bias=use_bias and not use_bn,
@@ -49,6 +51,7 @@ class LinearLayer(keras.layers.Layer):
                 epsilon=batch_norm_epsilon,
                 center=use_bias,
                 name="batch_normalization",
+                kernels=kernels,
             )
 
     def call(self, inputs, training=None):
@@ -67,6 +70,7 @@ class LinearLayer(keras.layers.Layer):
                 "global_bn": self.global_bn,
                 "batch_norm_decay": self.batch_norm_decay,
                 "batch_norm_epsilon": self.batch_norm_epsilon,
+                "kernels": self.kernels,
             }
         )
         return config
@@ -89,7 +93,7 @@ class ProjectionHead(keras.layers.Layer):
         proj_head_mode: "none", "linear" or "nonlinear".
         proj_out_dim: width of z.
         num_proj_layers: depth of the nonlinear head.
-        global_bn, batch_norm_decay, batch_norm_epsilon: as in `ResNet`.
+        global_bn, batch_norm_decay, batch_norm_epsilon, kernels: as in `ResNet`.
     """
 
     def __init__(
@@ -100,6 +104,7 @@ class ProjectionHead(keras.layers.Layer):
         global_bn: bool = True,
         batch_norm_decay: float = 0.9,
         batch_norm_epsilon: float = BATCH_NORM_EPSILON,
+        kernels: str = "auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -116,6 +121,7 @@ class ProjectionHead(keras.layers.Layer):
         self.global_bn = global_bn
         self.batch_norm_decay = batch_norm_decay
         self.batch_norm_epsilon = batch_norm_epsilon
+        self.kernels = kernels
         self.num_layers = 0
 
     @property
@@ -128,6 +134,7 @@ class ProjectionHead(keras.layers.Layer):
             global_bn=self.global_bn,
             batch_norm_decay=self.batch_norm_decay,
             batch_norm_epsilon=self.batch_norm_epsilon,
+            kernels=self.kernels,
         )
         if self.proj_head_mode == "linear":
             widths = [self.proj_out_dim]
@@ -163,6 +170,7 @@ class ProjectionHead(keras.layers.Layer):
                 "global_bn": self.global_bn,
                 "batch_norm_decay": self.batch_norm_decay,
                 "batch_norm_epsilon": self.batch_norm_epsilon,
+                "kernels": self.kernels,
             }
         )
         return config

@@ -16,17 +16,23 @@ in squeeze-excitation (`SqueezeExcitation`) before the shortcut is added.
 
 With `global_bn=True` every batch norm is `synchronized=True`, so under
 `tf.distribute` its statistics are computed over the global batch and no
-replica can recognise its own examples through per-device statistics. Every
-batch norm is `FusedBatchNormalization`: Keras's layer, computed by
-TensorFlow's fused kernel whenever the statistics are the replica's own.
+replica can recognise its own examples through per-device statistics.
 
-This module imports nothing else from the package, so it can be used alone.
+The layers here are plain Keras. With `kernels="auto"` (the default) they ask
+`simclr_tf2.models.kernels` for its CPU performance kernels (fused batch norm,
+a strided convolution and a norm-ReLU-convolution unit with lighter
+gradients), used where those apply; `kernels="plain"` builds stock Keras
+layers only. Same variables and the same function either way.
+
+This module imports nothing else from the package but `models.kernels`, so it
+can be used alone.
 """
 
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
+
+from simclr_tf2.models import kernels as cpu_kernels
 
 BATCH_NORM_EPSILON = 1e-5
 
@@ -61,6 +67,7 @@ def batch_norm(
     zero_init: bool = False,
     center: bool = True,
     name: str | None = None,
+    kernels: str = "auto",
 ) -> keras.layers.BatchNormalization:
     """Returns the batch norm used everywhere in SimCLR (trunk and heads).
 
@@ -72,8 +79,11 @@ def batch_norm(
         center: learn a beta offset.
         name: layer name; it should contain "batch_normalization" so that the
             default LARS exclusions match its variables.
+        kernels: "auto" for `kernels.FusedBatchNormalization` (Keras's layer
+            computed by TensorFlow's fused kernel where it can be), "plain"
+            for Keras's own.
     """
-    return FusedBatchNormalization(
+    args = dict(
         momentum=momentum,
         epsilon=epsilon,
         center=center,
@@ -81,154 +91,8 @@ def batch_norm(
         synchronized=global_bn,
         name=name,
     )
-
-
-@keras.saving.register_keras_serializable(package="simclr_tf2")
-class FusedBatchNormalization(keras.layers.BatchNormalization):
-    """Keras's BatchNormalization, computed by TensorFlow's fused kernel where it can be.
-
-    Keras 3 normalises with separate ops (moments, then an elementwise
-    transform; with `synchronized=True` also a tensor of ones the size of the
-    input, to count it) and differentiates through each of them, which keeps
-    several copies of every activation for the backward pass. TensorFlow's
-    FusedBatchNormV3 (oneDNN's on CPUs, cuDNN's on GPUs, XLA's under
-    `jit_compile`) computes the same function in one pass and its gradient in
-    one more, keeping only the input and the batch statistics.
-
-    The fused kernel is used for channels-last float32, float16 and bfloat16
-    inputs of rank 2 or 4, whenever the statistics are this replica's own:
-    always in inference, and in training unless `synchronized` batch norm runs
-    on more than one replica (then the statistics are all-reduced first, as in
-    Keras). Same variables, moving-statistics update (biased batch variance, as
-    Keras) and outputs as Keras's layer, up to round-off; other cases
-    (float64, masks, renorm, another axis) are Keras's own code.
-    """
-
-    def _fusable(self, inputs, training, mask) -> bool:
-        rank = len(inputs.shape)
-        if mask is not None or self.renorm or rank not in (2, 4):
-            return False
-        if self.axis not in (-1, rank - 1) or inputs.shape[-1] is None:
-            return False
-        if inputs.dtype not in (tf.float32, tf.float16, tf.bfloat16):
-            return False
-        if training and self.trainable and self.synchronized:
-            return tf.distribute.get_strategy().num_replicas_in_sync == 1
-        return True
-
-    def _scale_offset(self, channels: int) -> tuple:
-        """gamma and beta as float32 tensors (ones / zeros when not learned)."""
-        gamma = self.gamma if self.scale else tf.ones([channels], tf.float32)
-        beta = self.beta if self.center else tf.zeros([channels], tf.float32)
-        return tf.cast(gamma, tf.float32), tf.cast(beta, tf.float32)
-
-    def _fused(self, x, train: bool, gamma=None, beta=None) -> list:
-        """FusedBatchNormV3 outputs: y, batch mean, batch variance, 3 reserve spaces."""
-        if gamma is None:
-            gamma, beta = self._scale_offset(x.shape[-1])
-        empty = tf.constant([], tf.float32)
-        # float16 / bfloat16 inputs keep their type; scale, offset and statistics are float32.
-        return tf.raw_ops.FusedBatchNormV3(
-            x=x,
-            scale=gamma,
-            offset=beta,
-            mean=empty if train else tf.cast(self.moving_mean, tf.float32),
-            variance=empty if train else tf.cast(self.moving_variance, tf.float32),
-            epsilon=self.epsilon,
-            data_format="NHWC",
-            is_training=train,
-        )
-
-    @staticmethod
-    def _biased(x, variance):
-        # The kernel returns the unbiased (n - 1) batch variance; it normalised by the
-        # biased one, which Keras keeps.
-        count = tf.cast(tf.size(x) // x.shape[-1], tf.float32)
-        return variance * ((count - 1.0) / tf.maximum(count, 1.0))
-
-    def _update_moving_statistics(self, x, mean, variance) -> None:
-        variance = self._biased(x, variance)
-        momentum = self.momentum
-        for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
-            moving.assign(moving * momentum + tf.cast(batch, moving.dtype) * (1.0 - momentum))
-
-    def call(self, inputs, training=None, mask=None):
-        inputs = tf.convert_to_tensor(inputs)
-        if not self._fusable(inputs, training, mask):
-            return super().call(inputs, training=training, mask=mask)
-        channels = inputs.shape[-1]
-        x = inputs if len(inputs.shape) == 4 else tf.reshape(inputs, [-1, 1, 1, channels])
-        train = bool(training and self.trainable)
-        y, mean, variance, *_ = self._fused(x, train)
-        if train:
-            self._update_moving_statistics(x, mean, variance)
-        if len(inputs.shape) == 2:
-            y = tf.reshape(y, tf.shape(inputs))
-        return tf.cast(y, self.compute_dtype)
-
-
-class _PaddedConv2D(keras.layers.Conv2D):
-    """Conv2D with zero padding given per side, whose padded input is not kept.
-
-    A ZeroPadding2D layer in front makes a padded copy of the input, and that
-    copy is what the backward pass keeps, beside the unpadded input: 0.36 GB
-    more at the memory peak of a ResNet-18 step at batch 256 (measured).
-    TensorFlow's own explicit paddings avoid the copy but run the backward on
-    its generic kernels instead of oneDNN's. So the gradient is defined here:
-    the forward pads, convolves and drops the padded copy; the backward pads
-    again (a transient copy) and calls the same "valid" backprop kernels.
-    """
-
-    def __init__(self, filters: int, kernel_size: int, strides: int, pads, **kwargs):
-        super().__init__(filters, kernel_size, strides=strides, padding="valid", **kwargs)
-        self.pads = tuple(tuple(int(p) for p in side) for side in pads)
-
-    def convolution_op(self, inputs, kernel):
-        (top, bottom), (left, right) = self.pads
-        paddings = [[0, 0], [top, bottom], [left, right], [0, 0]]
-        strides = [1, *self.strides, 1]
-
-        @tf.custom_gradient
-        def conv(x, w):
-            y = tf.nn.conv2d(tf.pad(x, paddings), w, strides, "VALID")
-
-            def grad(dy):
-                # After dy exists: not merged with the forward's pad (grappler
-                # would, keeping that copy alive), nor run ahead of its use.
-                with tf.control_dependencies([dy]):
-                    padded = tf.pad(x, paddings)
-                dw = tf.raw_ops.Conv2DBackpropFilter(
-                    input=padded,
-                    filter_sizes=tf.shape(w),
-                    out_backprop=dy,
-                    strides=strides,
-                    padding="VALID",
-                )
-                dpadded = tf.raw_ops.Conv2DBackpropInput(
-                    input_sizes=tf.shape(padded),
-                    filter=w,
-                    out_backprop=dy,
-                    strides=strides,
-                    padding="VALID",
-                )
-                dx = tf.slice(dpadded, [0, top, left, 0], tf.shape(x))
-                return dx, dw
-
-            return y, grad
-
-        return conv(tf.convert_to_tensor(inputs), tf.convert_to_tensor(kernel))
-
-    def compute_output_shape(self, input_shape):
-        batch, height, width, channels = input_shape
-        sizes = zip((height, width), self.pads, strict=True)
-        padded = [None if n is None else n + a + b for n, (a, b) in sizes]
-        return super().compute_output_shape((batch, *padded, channels))
-
-    def get_config(self):
-        config = super().get_config()
-        config.pop("padding", None)
-        config["pads"] = self.pads
-        return config
+    fused = cpu_kernels.fused_batch_norm(kernels, **args)
+    return keras.layers.BatchNormalization(**args) if fused is None else fused
 
 
 class FixedPaddingConv2D(keras.layers.Layer):
@@ -236,15 +100,21 @@ class FixedPaddingConv2D(keras.layers.Layer):
 
     With stride 1 this is "same" padding; with a larger stride the input is
     padded by (k - 1) // 2 before and k // 2 after, then convolved with "valid"
-    padding, as in the reference ResNet implementations (without keeping the
-    padded copy for the backward pass: see `_PaddedConv2D`).
+    padding, as in the reference ResNet implementations. With `kernels="auto"`
+    that padded convolution is `kernels.PaddedConv2D`, which keeps no padded
+    copy for the backward pass; with "plain" the input is padded by
+    `keras.ops.pad`, then convolved by Keras's Conv2D.
     """
 
-    def __init__(self, filters: int, kernel_size: int, strides: int = 1, **kwargs):
+    def __init__(
+        self, filters: int, kernel_size: int, strides: int = 1, kernels: str = "auto", **kwargs
+    ):
         super().__init__(**kwargs)
         self.filters = filters
         self.kernel_size = kernel_size
         self.strides = strides
+        self.kernels = cpu_kernels.check_kernels(kernels)
+        self.input_pads = None  # padding done here, before a "valid" convolution
         common = dict(
             use_bias=False,
             kernel_initializer=keras.initializers.VarianceScaling(),
@@ -253,7 +123,15 @@ class FixedPaddingConv2D(keras.layers.Layer):
         if strides > 1 and kernel_size > 1:
             total = kernel_size - 1
             side = (total // 2, total - total // 2)
-            self.conv = _PaddedConv2D(filters, kernel_size, strides, (side, side), **common)
+            conv = cpu_kernels.padded_conv2d(
+                kernels, filters, kernel_size, strides, (side, side), **common
+            )
+            if conv is None:
+                self.input_pads = (side, side)
+                conv = keras.layers.Conv2D(
+                    filters, kernel_size, strides=strides, padding="valid", **common
+                )
+            self.conv = conv
         else:
             self.conv = keras.layers.Conv2D(
                 filters,
@@ -264,90 +142,21 @@ class FixedPaddingConv2D(keras.layers.Layer):
             )
 
     def call(self, inputs):
+        if self.input_pads is not None:
+            inputs = keras.ops.pad(inputs, [(0, 0), *self.input_pads, (0, 0)])
         return self.conv(inputs)
 
     def get_config(self):
         config = super().get_config()
         config.update(
-            {"filters": self.filters, "kernel_size": self.kernel_size, "strides": self.strides}
+            {
+                "filters": self.filters,
+                "kernel_size": self.kernel_size,
+                "strides": self.strides,
+                "kernels": self.kernels,
+            }
         )
         return config
-
-
-def _norm_relu_conv(norm, conv, x, training):
-    """conv(relu(norm(x))) whose backward pass keeps x but not relu(norm(x)).
-
-    The ReLU output is what a plain graph keeps for the convolution's weight
-    gradient; here the backward recomputes it from x with the batch statistics
-    of the forward pass (one elementwise pass), so each residual block keeps
-    one activation fewer: 0.5 GB less at the memory peak of a ResNet-18 step
-    at batch 256 (measured, `tools/benchmark.py --memory_profile_dir`). Used
-    when the norm trains with TensorFlow's fused kernel and the convolution is
-    a `FixedPaddingConv2D`; otherwise (inference, frozen or cross-replica
-    batch norm, selective kernels, the first call that builds the layers) the
-    layers are simply called. Same outputs, gradients, variables and
-    moving-statistics update either way.
-    """
-    fast = (
-        isinstance(norm, FusedBatchNormalization)
-        and isinstance(conv, FixedPaddingConv2D)
-        and norm.built
-        and conv.built
-        and conv.conv.built
-        and bool(training and norm.trainable)
-        and len(x.shape) == 4
-        and norm._fusable(tf.convert_to_tensor(x), training, None)
-    )
-    if not fast:
-        a = keras.ops.relu(norm(x, training=training))
-        if isinstance(conv, SelectiveKernelConv2D):
-            return conv(a, training=training)
-        return conv(a)
-    layer = conv.conv
-    x = tf.convert_to_tensor(x)
-    gamma, beta = norm._scale_offset(x.shape[-1])
-
-    @tf.custom_gradient
-    def unit(x, gamma, beta, kernel):
-        y, mean, variance, *reserve = norm._fused(x, True, gamma, beta)
-        z = layer.convolution_op(tf.nn.relu(y), kernel)
-
-        def grad(dz, *_):
-            # After dz exists, so the recomputed activation is alive only now.
-            with tf.control_dependencies([dz]):
-                y, *_ = tf.raw_ops.FusedBatchNormV3(
-                    x=x,
-                    scale=gamma,
-                    offset=beta,
-                    mean=mean,
-                    variance=norm._biased(x, variance),
-                    epsilon=norm.epsilon,
-                    data_format="NHWC",
-                    is_training=False,
-                )
-            a = tf.nn.relu(y)
-            with tf.GradientTape() as tape:
-                tape.watch([a, kernel])
-                out = layer.convolution_op(a, kernel)  # unused, so not run: only its gradient
-            da, dkernel = tape.gradient(out, [a, kernel], output_gradients=dz)
-            dx, dgamma, dbeta, *_ = tf.raw_ops.FusedBatchNormGradV3(
-                y_backprop=tf.raw_ops.ReluGrad(gradients=da, features=a),
-                x=x,
-                scale=gamma,
-                reserve_space_1=reserve[0],
-                reserve_space_2=reserve[1],
-                reserve_space_3=reserve[2],
-                epsilon=norm.epsilon,
-                data_format="NHWC",
-                is_training=True,
-            )
-            return dx, dgamma, dbeta, dkernel
-
-        return (z, mean, variance), grad
-
-    z, mean, variance = unit(x, gamma, beta, tf.cast(layer.kernel, x.dtype))
-    norm._update_moving_statistics(x, mean, variance)
-    return z
 
 
 class SelectiveKernelConv2D(keras.layers.Layer):
@@ -370,7 +179,7 @@ class SelectiveKernelConv2D(keras.layers.Layer):
         strides: 1 or 2.
         sk_ratio: width of the attention descriptor relative to `filters`.
         min_dim: its smallest width.
-        global_bn, batch_norm_decay, batch_norm_epsilon: as in `ResNet`.
+        global_bn, batch_norm_decay, batch_norm_epsilon, kernels: as in `ResNet`.
     """
 
     def __init__(
@@ -382,6 +191,7 @@ class SelectiveKernelConv2D(keras.layers.Layer):
         global_bn: bool = True,
         batch_norm_decay: float = 0.9,
         batch_norm_epsilon: float = BATCH_NORM_EPSILON,
+        kernels: str = "auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -394,9 +204,15 @@ class SelectiveKernelConv2D(keras.layers.Layer):
         self.global_bn = global_bn
         self.batch_norm_decay = batch_norm_decay
         self.batch_norm_epsilon = batch_norm_epsilon
-        bn_args = dict(global_bn=global_bn, momentum=batch_norm_decay, epsilon=batch_norm_epsilon)
+        self.kernels = cpu_kernels.check_kernels(kernels)
+        bn_args = dict(
+            global_bn=global_bn,
+            momentum=batch_norm_decay,
+            epsilon=batch_norm_epsilon,
+            kernels=kernels,
+        )
         # Both branches in one convolution: channels [0, filters) and [filters, 2 * filters).
-        self.conv = FixedPaddingConv2D(2 * filters, 3, strides, name="conv2d")
+        self.conv = FixedPaddingConv2D(2 * filters, 3, strides, kernels=kernels, name="conv2d")
         self.norm = batch_norm(name="batch_normalization", **bn_args)
         self.attention_width = max(int(filters * sk_ratio), min_dim)
         self.reduce = _pointwise(self.attention_width, "attention_reduce")
@@ -431,6 +247,7 @@ class SelectiveKernelConv2D(keras.layers.Layer):
                 "global_bn": self.global_bn,
                 "batch_norm_decay": self.batch_norm_decay,
                 "batch_norm_epsilon": self.batch_norm_epsilon,
+                "kernels": self.kernels,
             }
         )
         return config
@@ -509,12 +326,14 @@ class _Block(keras.layers.Layer):
         batch_norm_epsilon: float = BATCH_NORM_EPSILON,
         sk_ratio: float = 0.0,
         se_ratio: float = 0.0,
+        kernels: str = "auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.filters = filters
         self.strides = strides
         self.use_projection = use_projection
+        self.kernels = cpu_kernels.check_kernels(kernels)
         self.global_bn = global_bn
         self.batch_norm_decay = batch_norm_decay
         self.batch_norm_epsilon = batch_norm_epsilon
@@ -534,7 +353,7 @@ class _Block(keras.layers.Layer):
                 self.shortcut_pool = keras.layers.AveragePooling2D(
                     2, strides, padding="valid" if strides > 1 else "same", name="shortcut_pool"
                 )
-            self.shortcut_conv = FixedPaddingConv2D(
+            self.shortcut_conv = self._conv(
                 filters * self.expansion,
                 1,
                 1 if self.shortcut_pool is not None else strides,
@@ -564,7 +383,11 @@ class _Block(keras.layers.Layer):
             epsilon=self.batch_norm_epsilon,
             zero_init=zero_init,
             name=name,
+            kernels=self.kernels,
         )
+
+    def _conv(self, filters: int, kernel_size: int, strides: int, name: str) -> FixedPaddingConv2D:
+        return FixedPaddingConv2D(filters, kernel_size, strides, kernels=self.kernels, name=name)
 
     def _spatial_conv(self, filters: int, strides: int, name: str, norm_name: str) -> tuple:
         """(3x3 convolution, its batch norm) for a place followed by ReLU."""
@@ -576,10 +399,22 @@ class _Block(keras.layers.Layer):
                 global_bn=self.global_bn,
                 batch_norm_decay=self.batch_norm_decay,
                 batch_norm_epsilon=self.batch_norm_epsilon,
+                kernels=self.kernels,
                 name=f"sk_{name}",
             )
             return sk, None
-        return FixedPaddingConv2D(filters, 3, strides, name=name), self._norm(norm_name)
+        return self._conv(filters, 3, strides, name=name), self._norm(norm_name)
+
+    def _norm_relu_conv(self, norm, conv, x, training):
+        """conv(relu(norm(x))): `kernels.norm_relu_conv` where it applies, else the layers."""
+        if isinstance(conv, FixedPaddingConv2D) and conv.built and conv.conv.built:
+            z = cpu_kernels.norm_relu_conv(self.kernels, norm, conv.conv, x, training)
+            if z is not None:
+                return z
+        a = keras.ops.relu(norm(x, training=training))
+        if isinstance(conv, SelectiveKernelConv2D):
+            return conv(a, training=training)
+        return conv(a)
 
     def call(self, inputs, training=None):
         shortcut = inputs
@@ -593,7 +428,7 @@ class _Block(keras.layers.Layer):
         pending = None  # a norm whose ReLU feeds the next convolution
         for conv, norm in zip(self.convs, self.norms, strict=True):
             if pending is not None:
-                x = _norm_relu_conv(pending, conv, x, training)
+                x = self._norm_relu_conv(pending, conv, x, training)
             elif norm is None:  # a selective-kernel convolution: normalised and rectified
                 x = conv(x, training=training)
             else:
@@ -617,6 +452,7 @@ class _Block(keras.layers.Layer):
                 "batch_norm_epsilon": self.batch_norm_epsilon,
                 "sk_ratio": self.sk_ratio,
                 "se_ratio": self.se_ratio,
+                "kernels": self.kernels,
             }
         )
         return config
@@ -632,8 +468,8 @@ class ResidualBlock(_Block):
         # The last convolution is followed by the zero-initialised norm, not ReLU.
         self._add_path(
             [
-                FixedPaddingConv2D(filters, 3, strides, name="conv2d_1"),
-                FixedPaddingConv2D(filters, 3, 1, name="conv2d_2"),
+                self._conv(filters, 3, strides, name="conv2d_1"),
+                self._conv(filters, 3, 1, name="conv2d_2"),
             ],
             [
                 self._norm("batch_normalization_1"),
@@ -652,9 +488,9 @@ class BottleneckBlock(_Block):
         conv2, bn2 = self._spatial_conv(filters, strides, "conv2d_2", "batch_normalization_2")
         self._add_path(
             [
-                FixedPaddingConv2D(filters, 1, 1, name="conv2d_1"),
+                self._conv(filters, 1, 1, name="conv2d_1"),
                 conv2,
-                FixedPaddingConv2D(4 * filters, 1, 1, name="conv2d_3"),
+                self._conv(4 * filters, 1, 1, name="conv2d_3"),
             ],
             [
                 self._norm("batch_normalization_1"),
@@ -703,6 +539,11 @@ class ResNet(keras.layers.Layer):
             Also switches to ResNet-D's stem (unless `cifar_stem`) and
             average-pool projection shortcuts.
         se_ratio: squeeze-excitation ratio (SimCLRv2); 0 = off.
+        kernels: "auto" (default) uses the CPU performance kernels of
+            `simclr_tf2.models.kernels` where they apply (fused batch norm, and
+            lighter gradients for strided convolutions and norm-ReLU-conv
+            units); "plain" builds stock Keras layers with TensorFlow's
+            automatic gradients only. Same variables and function either way.
 
     Call returns a dict with the keys of `BLOCK_OUTPUT_NAMES`;
     `final_avg_pool` is h, the representation.
@@ -718,9 +559,11 @@ class ResNet(keras.layers.Layer):
         batch_norm_epsilon: float = BATCH_NORM_EPSILON,
         sk_ratio: float = 0.0,
         se_ratio: float = 0.0,
+        kernels: str = "auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        cpu_kernels.check_kernels(kernels)
         if depth not in BLOCK_SPECS:
             raise ValueError(
                 f"resnet_depth={depth} is not supported; use one of {sorted(BLOCK_SPECS)}."
@@ -739,26 +582,33 @@ class ResNet(keras.layers.Layer):
         self.batch_norm_epsilon = batch_norm_epsilon
         self.sk_ratio = sk_ratio
         self.se_ratio = se_ratio
+        self.kernels = kernels
 
-        bn_args = dict(global_bn=global_bn, momentum=batch_norm_decay, epsilon=batch_norm_epsilon)
+        bn_args = dict(
+            global_bn=global_bn,
+            momentum=batch_norm_decay,
+            epsilon=batch_norm_epsilon,
+            kernels=kernels,
+        )
+        conv = dict(kernels=kernels)
         stem_width = self._width(64)
         self.resnet_d_stem = sk_ratio > 0 and not cifar_stem
         if cifar_stem:
-            self.stem_conv = FixedPaddingConv2D(stem_width, 3, 1, name="initial_conv")
+            self.stem_conv = FixedPaddingConv2D(stem_width, 3, 1, name="initial_conv", **conv)
             self.stem_pool = None
         elif self.resnet_d_stem:
             # ResNet-D (He et al., 2019): three 3x3 convolutions instead of one 7x7.
             half = self._width(32)
-            self.stem_conv_a = FixedPaddingConv2D(half, 3, 2, name="initial_conv_a")
+            self.stem_conv_a = FixedPaddingConv2D(half, 3, 2, name="initial_conv_a", **conv)
             self.stem_norm_a = batch_norm(name="initial_batch_normalization_a", **bn_args)
-            self.stem_conv_b = FixedPaddingConv2D(half, 3, 1, name="initial_conv_b")
+            self.stem_conv_b = FixedPaddingConv2D(half, 3, 1, name="initial_conv_b", **conv)
             self.stem_norm_b = batch_norm(name="initial_batch_normalization_b", **bn_args)
-            self.stem_conv = FixedPaddingConv2D(stem_width, 3, 1, name="initial_conv")
+            self.stem_conv = FixedPaddingConv2D(stem_width, 3, 1, name="initial_conv", **conv)
             self.stem_pool = keras.layers.MaxPooling2D(
                 3, 2, padding="same", name="initial_max_pool"
             )
         else:
-            self.stem_conv = FixedPaddingConv2D(stem_width, 7, 2, name="initial_conv")
+            self.stem_conv = FixedPaddingConv2D(stem_width, 7, 2, name="initial_conv", **conv)
             self.stem_pool = keras.layers.MaxPooling2D(
                 3, 2, padding="same", name="initial_max_pool"
             )
@@ -772,6 +622,7 @@ class ResNet(keras.layers.Layer):
             batch_norm_epsilon=batch_norm_epsilon,
             sk_ratio=sk_ratio,
             se_ratio=se_ratio,
+            kernels=kernels,
         )
         for g, (base, count) in enumerate(zip((64, 128, 256, 512), counts, strict=True)):
             blocks = [
@@ -839,6 +690,7 @@ class ResNet(keras.layers.Layer):
                 "batch_norm_epsilon": self.batch_norm_epsilon,
                 "sk_ratio": self.sk_ratio,
                 "se_ratio": self.se_ratio,
+                "kernels": self.kernels,
             }
         )
         return config

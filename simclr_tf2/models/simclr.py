@@ -71,6 +71,8 @@ class SimCLRModel(keras.Model):
             encoder (see `ResNet`).
         global_bn: synchronised batch norm in the encoder and the heads.
         batch_norm_decay, batch_norm_epsilon: batch norm settings.
+        kernels: "auto" or "plain": CPU performance kernels where they apply,
+            or stock Keras layers only, in the encoder and heads (see `ResNet`).
         proj_head_mode, proj_out_dim, num_proj_layers: the projection head.
         ft_proj_selector: which head output feeds the supervised head when
             fine-tuning (0 = h, i = the i-th head layer).
@@ -106,6 +108,7 @@ class SimCLRModel(keras.Model):
         global_bn: bool = True,
         batch_norm_decay: float = 0.9,
         batch_norm_epsilon: float = BATCH_NORM_EPSILON,
+        kernels: str = "auto",
         proj_head_mode: str = "nonlinear",
         proj_out_dim: int = 128,
         num_proj_layers: int = 3,
@@ -162,6 +165,7 @@ class SimCLRModel(keras.Model):
         self.global_bn = global_bn
         self.batch_norm_decay = batch_norm_decay
         self.batch_norm_epsilon = batch_norm_epsilon
+        self.kernels = kernels
         self.proj_head_mode = proj_head_mode
         self.proj_out_dim = proj_out_dim
         self.num_proj_layers = num_proj_layers
@@ -180,6 +184,7 @@ class SimCLRModel(keras.Model):
             global_bn=global_bn,
             batch_norm_decay=batch_norm_decay,
             batch_norm_epsilon=batch_norm_epsilon,
+            kernels=kernels,
         )
         self.encoder = ResNet(
             resnet_depth,
@@ -487,6 +492,7 @@ class SimCLRModel(keras.Model):
                 "global_bn": self.global_bn,
                 "batch_norm_decay": self.batch_norm_decay,
                 "batch_norm_epsilon": self.batch_norm_epsilon,
+                "kernels": self.kernels,
                 "proj_head_mode": self.proj_head_mode,
                 "proj_out_dim": self.proj_out_dim,
                 "num_proj_layers": self.num_proj_layers,
