@@ -149,3 +149,14 @@ def test_switch_is_validated_and_serialized():
     types = {type(layer) for layer in clone._flatten_layers()}
     assert keras.layers.BatchNormalization in types
     assert not {kernels.FusedBatchNormalization, kernels.PaddedConv2D} & types
+
+
+@pytest.mark.parametrize("accelerated", [False, True])
+def test_auto_builds_the_kernels_only_without_gpu_or_tpu(monkeypatch, accelerated):
+    # The kernels are for CPUs: where TensorFlow sees a GPU or TPU, "auto" is "plain".
+    monkeypatch.setattr(kernels, "_accelerated", lambda: accelerated)
+    model = SimCLRModel(resnet_depth=10, width_multiplier=0.125, kernels="auto")
+    model.build((None, 16, 16, 3))
+    types = {type(layer) for layer in model._flatten_layers()}
+    custom = {kernels.FusedBatchNormalization, kernels.PaddedConv2D} & types
+    assert custom == (set() if accelerated else custom) and (accelerated or custom)

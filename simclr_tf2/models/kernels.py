@@ -4,11 +4,13 @@ The architecture (`resnet.py`, `heads.py`) is plain Keras. Every layer that
 can run faster or lighter asks this module for its piece with the switch
 `kernels`, one of `KERNELS`:
 
-* "auto" (the default): each kernel below is used where it applies, under the
-  conditions its docstring gives, and the plain Keras code runs everywhere
-  else. The kernels exist for the CPU (oneDNN) training step, where they were
-  measured; they decline by themselves in the cases they do not cover
-  (float64, masks, cross-replica batch statistics in training, ...).
+* "auto" (the default): on a machine without GPU or TPU, each kernel below is
+  used where it applies, under the conditions its docstring gives, and the
+  plain Keras code runs everywhere else. The kernels exist for the CPU
+  (oneDNN) training step, where they were measured: where TensorFlow sees a
+  GPU or a TPU, "auto" builds the plain layers. They also decline by
+  themselves in the cases they do not cover (float64, masks, cross-replica
+  batch statistics in training, ...).
 * "plain": stock Keras layers and TensorFlow's automatic gradients only.
 
 Both settings build the same variables under the same paths, so checkpoints,
@@ -37,6 +39,8 @@ Of the package it imports only the leaf `config` (the choices of the switch).
 
 from __future__ import annotations
 
+import functools
+
 import keras
 import tensorflow as tf
 
@@ -50,9 +54,22 @@ def check_kernels(kernels: str) -> str:
     return kernels
 
 
+@functools.cache
+def _accelerated() -> bool:
+    """Whether TensorFlow sees a GPU or a TPU (listing physical devices does not
+    initialise TensorFlow's runtime, so logical devices can still be set up)."""
+    return any(tf.config.list_physical_devices(kind) for kind in ("GPU", "TPU"))
+
+
+def uses_kernels(kernels: str) -> bool:
+    """Whether the switch `kernels` asks for this module's kernels on this machine:
+    "auto" without GPU or TPU."""
+    return check_kernels(kernels) == "auto" and not _accelerated()
+
+
 def fused_batch_norm(kernels: str, **kwargs) -> FusedBatchNormalization | None:
-    """A `FusedBatchNormalization` with Keras's arguments on "auto"; None on "plain"."""
-    if check_kernels(kernels) == "plain":
+    """A `FusedBatchNormalization` with Keras's arguments where `uses_kernels`; else None."""
+    if not uses_kernels(kernels):
         return None
     return FusedBatchNormalization(**kwargs)
 
@@ -61,7 +78,7 @@ def padded_conv2d(
     kernels: str, filters: int, kernel_size: int, strides: int, pads, **kwargs
 ) -> PaddedConv2D | None:
     """A `PaddedConv2D` on "auto"; None on "plain" (the caller pads, then convolves)."""
-    if check_kernels(kernels) == "plain":
+    if not uses_kernels(kernels):
         return None
     return PaddedConv2D(filters, kernel_size, strides, pads, **kwargs)
 
@@ -259,7 +276,7 @@ def norm_relu_conv(
         The convolution's output, or None when the kernel does not apply.
     """
     fast = (
-        check_kernels(kernels) == "auto"
+        uses_kernels(kernels)
         and isinstance(norm, FusedBatchNormalization)
         and isinstance(conv, keras.layers.Conv2D)
         and norm.built
