@@ -49,8 +49,23 @@ def _check_image_size(config: Config, source: Source) -> None:
         )
 
 
-def load_sources(config: Config) -> Sources:
-    """The sources `config.mode` needs, each checked for the labels its use needs.
+def _check_batch_fits_data(config: Config, source: Source, num_replicas: int) -> None:
+    """A batch must not hold an image twice: its two copies' views would be each
+    other's negatives in the contrastive loss (and a duplicate in any loss)."""
+    batch = config.train.train_batch_size
+    if batch > source.num_examples:
+        largest = source.num_examples // num_replicas * num_replicas
+        raise ConfigError(
+            f"--train_batch_size={batch}: the training data ({source.name}, "
+            f"--train_split={config.data.train_split}) holds {source.num_examples} examples, so "
+            "a batch would hold images twice (an image's copies would be its own negatives); "
+            f"use --train_batch_size={largest} or less."
+        )
+
+
+def load_sources(config: Config, num_replicas: int = 1) -> Sources:
+    """The sources `config.mode` needs, each checked for the labels its use needs,
+    the training data for holding a whole batch of `num_replicas` replicas.
 
     Raises:
         ConfigError / DataError: a split that is not there, labels that are missing,
@@ -74,6 +89,8 @@ def load_sources(config: Config) -> Sources:
             seed=config.runtime.seed,
         )
         _check_image_size(config, train)
+        if training:
+            _check_batch_fits_data(config, train, num_replicas)
         linear_head = config.model.lineareval_while_pretraining
         if training and config.train_mode == "finetune":
             train.require_classes("fine-tuning")
@@ -280,7 +297,7 @@ def build_run(
     validate(config, strategy.num_replicas_in_sync)
     if released is None:
         released = released_checkpoint(config)
-    sources = sources or load_sources(config)
+    sources = sources or load_sources(config, strategy.num_replicas_in_sync)
     num_classes = _num_classes(config, sources)
     plan = Plan.of(config, sources.train.num_examples if sources.train else None)
     training = config.mode in ("train", "train_then_eval")

@@ -199,7 +199,7 @@ def run(config: Config, strategy: tf.distribute.Strategy | None = None) -> dict 
     validate(config, strategy.num_replicas_in_sync)
     _check_model_dir(config)
     released = released_checkpoint(config)
-    sources = load_sources(config)
+    sources = load_sources(config, strategy.num_replicas_in_sync)
     tf.io.gfile.makedirs(config.model_dir)
     if training and cluster.is_chief:
         write_json(os.path.join(config.model_dir, "config.json"), json.loads(config.to_json()))

@@ -128,6 +128,17 @@ WRONG = [
         "--eval_split=nope: no such split in --dataset=digits",
     ),
     (["--train_steps=0", "--train_epochs=0"], "--train_epochs=0: with --train_steps=0 nothing"),
+    (
+        # digits' train split holds 1437 images: a batch of 4096 would repeat them.
+        ["--train_batch_size=4096"],
+        "--train_batch_size=4096: the training data (digits, --train_split=train) holds 1437 "
+        "examples, so a batch would hold images twice",
+    ),
+    (
+        ["--train_batch_size=1200", "--label_fraction=0.5"],
+        "holds 720 examples, so a batch would hold images twice (an image's copies would be "
+        "its own negatives); use --train_batch_size=720 or less.",
+    ),
 ]
 
 
