@@ -56,6 +56,8 @@ def restore_model(prefix: str, *, encoder_only: bool = False) -> SimCLRModel:
     its supervised head when the checkpoint has one (call inside the strategy's scope).
     `encoder_only` restores the encoder and leaves the rest as built. Raises ConfigError
     with a one-line reason when the checkpoint cannot be used."""
+    if not tf.io.gfile.exists(os.path.join(os.path.dirname(prefix), "config.json")):
+        raise ConfigError(f"no config.json beside {prefix} to rebuild the model from.")
     config = read_config(os.path.dirname(prefix))
     num_classes = None if encoder_only else _classes_in_checkpoint(prefix)
     if not num_classes:

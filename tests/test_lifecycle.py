@@ -345,6 +345,9 @@ def test_recipe_flagfiles_parse_and_validate(name):
             50,
         )
         assert config["train_epochs"] == (1000 if "1000ep" in name else 100)
+    elif name == "digits_quickstart.flags":
+        settings = (config["dataset"], config["mode"], config["image_size"])
+        assert settings == ("digits", "train_then_eval", 32)
     else:
         assert (config["temperature"], config["color_jitter_strength"]) == (0.5, 0.5)
         assert not config["use_blur"] and config["image_size"] == 32
@@ -425,7 +428,7 @@ def test_knn_eval_tool_on_an_export(pretrained):
     assert 0.3 < result["knn_top_1_accuracy"] <= 1  # chance: 0.1
 
 
-def test_terminal_progress_bar_shows_pairs_per_second(tmp_path):
+def test_terminal_progress_line_covers_the_whole_run(tmp_path):
     import pty
 
     master, slave = pty.openpty()
@@ -464,8 +467,11 @@ def test_terminal_progress_bar_shows_pairs_per_second(tmp_path):
         proc.kill()
         os.close(master)
     text = output.decode(errors="replace")
-    # Keras's progress bar, with our throughput beside the losses and learning rate.
-    assert "pairs_per_s:" in text and "contrast_acc:" in text and "learning_rate:" in text
+    # One line for the whole run, redrawn in place: the step of the planned total,
+    # the losses, the learning rate, our throughput and the ETA of the last step.
+    assert "\rstep " in text and "step 12/12 (100%) [====================]" in text
+    assert "contrast_acc " in text and "learning_rate " in text
+    assert "pairs/s, ETA 00:00:00" in text
 
 
 # ------------------------------------------------ SimCLRv2: from the head, distillation

@@ -21,8 +21,6 @@ assert views.shape == (256, 32, 32, 6), views.shape
 
 
 EXPORT_CHECKS = """
-assert int(run.optimizer.iterations.numpy()) == 20
-assert run.optimizer.decay_rule == run.model.weight_decay_rule
 assert h.shape == (4, 128), h.shape
 assert classifier(images).shape == (4, 10)
 assert len(encoder.trainable_weights) > 0
