@@ -17,3 +17,24 @@ def collect(dataset):
 def colourful_image():
     # Random colours: never gray, and every op visibly changes it.
     return (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)
+
+
+def many_views(image, n, **kwargs):
+    """`n` SimCLR views of `image`, one per seed of `seeds(n)`."""
+    from simclr_tf2.data.views import simclr_view
+
+    image = tf.constant(image)
+    ds = seeds(n).map(
+        lambda s: simclr_view(image, s, **kwargs), num_parallel_calls=tf.data.AUTOTUNE
+    )
+    return collect(ds)
+
+
+def is_gray(views):
+    return np.all(views[..., 0] == views[..., 1], axis=(1, 2)) & np.all(
+        views[..., 1] == views[..., 2], axis=(1, 2)
+    )
+
+
+def changed(views, original):
+    return np.abs(views - original[None]).max(axis=(1, 2, 3)) > 1e-4

@@ -13,31 +13,12 @@ from simclr_tf2.data.color import (
     to_grayscale,
 )
 from simclr_tf2.data.crop import to_float
-from simclr_tf2.data.views import simclr_view
-from tests.seeded import collect, colourful_image, seeds
+from tests.seeded import changed, collect, colourful_image, is_gray, many_views, seeds
 
 
 @pytest.fixture(scope="module")
 def colourful():
     return colourful_image()
-
-
-def many_views(image, n, **kwargs):
-    image = tf.constant(image)
-    ds = seeds(n).map(
-        lambda s: simclr_view(image, s, **kwargs), num_parallel_calls=tf.data.AUTOTUNE
-    )
-    return collect(ds)
-
-
-def is_gray(views):
-    return np.all(views[..., 0] == views[..., 1], axis=(1, 2)) & np.all(
-        views[..., 1] == views[..., 2], axis=(1, 2)
-    )
-
-
-def changed(views, original):
-    return np.abs(views - original[None]).max(axis=(1, 2, 3)) > 1e-4
 
 
 def test_grayscale_probability(colourful):
