@@ -89,8 +89,6 @@ def load_sources(config: Config, num_replicas: int = 1) -> Sources:
             seed=config.runtime.seed,
         )
         _check_image_size(config, train)
-        if training:
-            _check_batch_fits_data(config, train, num_replicas)
         linear_head = config.model.lineareval_while_pretraining
         if training and config.train_mode == "finetune":
             train.require_classes("fine-tuning")
@@ -98,6 +96,8 @@ def load_sources(config: Config, num_replicas: int = 1) -> Sources:
             train.require_classes("--distill_label_weight")
         elif training and linear_head and train.num_classes is not None:
             train.require_classes("--lineareval_while_pretraining")
+        if training:  # after the labels: a folder of one class is the first thing to say
+            _check_batch_fits_data(config, train, num_replicas)
 
     def eval_split() -> Source:
         return load_source(
