@@ -16,7 +16,7 @@ from absl import logging
 
 from simclr_tf2.config import Config
 from simclr_tf2.models.simclr import SimCLRModel
-from simclr_tf2.optim import WarmUpAndCosineDecay, WeightDecay, build_optimizer, warmup_steps_for
+from simclr_tf2.optim import WarmUpAndCosineDecay, build_optimizer, warmup_steps_for
 
 
 @contextlib.contextmanager
@@ -49,13 +49,11 @@ def build_model(config: Config, num_classes: int | None) -> SimCLRModel:
         cifar_stem=config.cifar_stem,
         distill_temperature=config.distill.distill_temperature,
         distill_label_weight=config.distill.distill_label_weight,
+        weight_decay=config.optim.weight_decay,
         **{f.name: getattr(m, f.name) for f in dataclasses.fields(m)},
     )
     size = config.data.image_size
     model.build((None, size, size, 3))
-    model.weight_decay_rule = WeightDecay.for_model(
-        model, config.optim.weight_decay, config.optim.optimizer
-    )
     return model
 
 
@@ -112,11 +110,12 @@ def build_schedule(config: Config, plan: Plan) -> WarmUpAndCosineDecay:
 
 def compile_model(model: SimCLRModel, config: Config, learning_rate) -> None:
     """Compiles `model` with the configured optimizer at `learning_rate` (a number or
-    a schedule) and the model's weight-decay rule, and builds the optimizer's slots
-    (call inside the strategy's scope)."""
+    a schedule), and builds the optimizer's slots (call inside the strategy's scope).
+    An optimizer that decays in its update (LARS) and the model then share one
+    weight-decay rule (`SimCLRModel.compile`)."""
     o, r = config.optim, config.runtime
     model.compile(
-        optimizer=build_optimizer(o.optimizer, learning_rate, o.momentum, model.weight_decay_rule),
+        optimizer=build_optimizer(o.optimizer, learning_rate, o.momentum, o.weight_decay),
         jit_compile=r.jit_compile,
         steps_per_execution=r.steps_per_execution,
     )

@@ -34,11 +34,13 @@ def write_json(path: str, data: dict) -> None:
     tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
-def read_config(model_dir: str) -> Config:
-    """The Config in `model_dir`/config.json (ConfigError when there is none)."""
+def read_config(model_dir: str, owner: str | None = None) -> Config:
+    """The Config in `model_dir`/config.json; ConfigError when there is none, naming
+    `owner` (e.g. a checkpoint prefix in `model_dir`) when given."""
     path = os.path.join(model_dir, "config.json")
     if not tf.io.gfile.exists(path):
-        raise ConfigError(f"no config.json in {model_dir} to rebuild the model from.")
+        where = f"beside {owner}" if owner else f"in {model_dir}"
+        raise ConfigError(f"no config.json {where} to rebuild the model from.")
     with tf.io.gfile.GFile(path) as f:
         return Config.from_json(f.read())
 
@@ -56,9 +58,7 @@ def restore_model(prefix: str, *, encoder_only: bool = False) -> SimCLRModel:
     its supervised head when the checkpoint has one (call inside the strategy's scope).
     `encoder_only` restores the encoder and leaves the rest as built. Raises ConfigError
     with a one-line reason when the checkpoint cannot be used."""
-    if not tf.io.gfile.exists(os.path.join(os.path.dirname(prefix), "config.json")):
-        raise ConfigError(f"no config.json beside {prefix} to rebuild the model from.")
-    config = read_config(os.path.dirname(prefix))
+    config = read_config(os.path.dirname(prefix), owner=prefix)
     num_classes = None if encoder_only else _classes_in_checkpoint(prefix)
     if not num_classes:
         # No supervised head to rebuild: the encoder and projection head of a pretraining.

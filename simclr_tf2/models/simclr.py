@@ -18,7 +18,7 @@ from simclr_tf2.config import TRAIN_MODES
 from simclr_tf2.losses import distillation_loss, nt_xent
 from simclr_tf2.models.heads import ProjectionHead, num_head_outputs, supervised_head
 from simclr_tf2.models.resnet import BATCH_NORM_EPSILON, ResNet
-from simclr_tf2.optim.weight_decay import WeightDecay
+from simclr_tf2.optim.weight_decay import WeightDecay, supervised_head_paths
 
 
 class _Untracked:
@@ -288,9 +288,8 @@ class SimCLRModel(keras.Model):
         rule = getattr(inner, "decay_rule", None)
         if not self.built or rule is None or not rule.by_optimizer:
             return
-        head = self.supervised_head
-        loss_only = frozenset(v.path for v in head.weights) if head is not None else frozenset()
-        shared = dataclasses.replace(rule, loss_only=rule.loss_only | loss_only)
+        loss_only = rule.loss_only | supervised_head_paths(self)
+        shared = dataclasses.replace(rule, loss_only=loss_only)
         inner.decay_rule = self.weight_decay_rule = shared
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):

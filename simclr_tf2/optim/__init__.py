@@ -32,9 +32,9 @@ def build_optimizer(
 ) -> keras.optimizers.Optimizer:
     """The optimizer called `name` (the `--optimizer` flag).
 
-    Only LARS applies weight decay itself, as its `WeightDecay` rule says (give
-    it the rule the model holds, `WeightDecay.for_model`); for the others the
-    model adds it to the loss as an L2 term, as the paper's code does.
+    Only LARS applies weight decay itself, as its `WeightDecay` rule says (a
+    `SimCLRModel` compiled with it shares that rule); for the others the model
+    adds it to the loss as an L2 term, as the paper's code does.
 
     Args:
         name: "lars", "momentum" (SGD with Nesterov), "adam" or "lamb".

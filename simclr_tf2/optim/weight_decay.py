@@ -25,6 +25,13 @@ from dataclasses import dataclass
 DECAY_IN_UPDATE = ("lars",)
 
 
+def supervised_head_paths(model) -> frozenset[str]:
+    """Paths of the variables of `model`'s supervised head (none without one): the
+    variables decayed through the loss and never given the trust ratio."""
+    head = getattr(model, "supervised_head", None)
+    return frozenset(v.path for v in head.weights) if head is not None else frozenset()
+
+
 def _matches(path: str, patterns: Sequence[str]) -> bool:
     return any(re.search(p, path) for p in patterns)
 
@@ -59,9 +66,7 @@ class WeightDecay:
     @classmethod
     def for_model(cls, model, rate: float, optimizer: str) -> WeightDecay:
         """The rule for `model` (built) trained with the optimizer called `optimizer`."""
-        head = getattr(model, "supervised_head", None)
-        loss_only = frozenset(v.path for v in head.weights) if head is not None else frozenset()
-        return cls(rate, by_optimizer=optimizer in DECAY_IN_UPDATE, loss_only=loss_only)
+        return cls(rate, optimizer in DECAY_IN_UPDATE, supervised_head_paths(model))
 
     def _kept_by(self, variable, patterns: Sequence[str] | None) -> bool:
         if patterns is None:
