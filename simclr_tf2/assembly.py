@@ -19,11 +19,13 @@ from absl import logging
 
 from simclr_tf2.build import Plan, build_model, build_schedule, compile_model, dtype_policy
 from simclr_tf2.callbacks import CheckpointSaver, KNNMonitor, Progress
-from simclr_tf2.checkpoints import authors_checkpoint, check_agrees, load_teacher
+from simclr_tf2.checkpoints import authors_checkpoint, check_agrees, load_teacher, read_config
 from simclr_tf2.compat import AuthorsCheckpoint
 from simclr_tf2.config import Config, ConfigError, validate
 from simclr_tf2.data.pipeline import build_dataset, distributed_dataset
+from simclr_tf2.data.source import same_data
 from simclr_tf2.data.sources import Source, load_source
+from simclr_tf2.data.splits import require_held_out
 from simclr_tf2.models.simclr import SimCLRModel
 from simclr_tf2.optim import WarmUpAndCosineDecay
 
@@ -63,31 +65,53 @@ def _check_batch_fits_data(config: Config, source: Source, num_replicas: int) ->
         )
 
 
+def _train_source(config: Config, verify_images: str) -> Source:
+    """The training data `config` names (--dataset, --train_split and its subsets)."""
+    d = config.data
+    return load_source(
+        d.dataset,
+        d.train_split,
+        d.data_dir,
+        skip_bad_images=d.skip_bad_images,
+        verify_images=verify_images,
+        label_subset=d.label_subset,
+        label_fraction=d.label_fraction,
+        seed=config.runtime.seed,
+    )
+
+
+def _training_config(config: Config) -> Config | None:
+    """The config of the training of what --mode=eval evaluates: the flags when
+    watching --model_dir (they plan its steps), the config.json of --checkpoint
+    when it is one of ours; None when not known (the authors' checkpoints)."""
+    if not config.checkpoint:
+        return config
+    path = os.path.normpath(config.checkpoint)
+    # A model_dir, a checkpoint prefix in one, or an export model_dir/saved_model/<step>.
+    for folder in (path, os.path.dirname(path), os.path.dirname(os.path.dirname(path))):
+        if tf.io.gfile.exists(os.path.join(folder, "config.json")):
+            return read_config(folder)
+    return None
+
+
 def load_sources(config: Config, num_replicas: int = 1) -> Sources:
     """The sources `config.mode` needs, each checked for the labels its use needs,
-    the training data for holding a whole batch of `num_replicas` replicas.
+    the training data for holding a whole batch of `num_replicas` replicas, and the
+    evaluation data (and the kNN monitor's queries) for holding no training image.
 
     Raises:
         ConfigError / DataError: a split that is not there, labels that are missing,
-            images far smaller than --image_size.
+            images far smaller than --image_size, evaluation on training images.
     """
     d = config.data
     training = config.mode in ("train", "train_then_eval")
     evaluating = config.mode in ("eval", "train_then_eval")
     watching = config.mode == "eval" and not config.checkpoint
     train = eval_ = knn_queries = None
+
     # The watcher needs the training set's size to know the final step.
     if training or (watching and not config.train.train_steps):
-        train = load_source(
-            d.dataset,
-            d.train_split,
-            d.data_dir,
-            skip_bad_images=d.skip_bad_images,
-            verify_images=d.verify_images if training else "header",
-            label_subset=d.label_subset,
-            label_fraction=d.label_fraction,
-            seed=config.runtime.seed,
-        )
+        train = _train_source(config, d.verify_images if training else "header")
         _check_image_size(config, train)
         linear_head = config.model.lineareval_while_pretraining
         if training and config.train_mode == "finetune":
@@ -117,10 +141,15 @@ def load_sources(config: Config, num_replicas: int = 1) -> Sources:
         if config.train_mode != "pretrain" or linear_head:
             eval_.require_classes("evaluation (--eval_split)")
         _check_image_size(config, eval_)
+        trained = config if training else _training_config(config)
+        if trained is not None and same_data(trained.data.dataset, eval_.name):
+            same = train is not None and trained is config
+            require_held_out(train if same else _train_source(trained, "header"), eval_)
     if training and config.knn.knn_eval_every:
         train.require_classes("the kNN monitor (--knn_eval_every)")
         knn_queries = eval_ or eval_split()
         knn_queries.require_classes("the kNN monitor (--knn_eval_every)")
+        require_held_out(train, knn_queries, "the kNN monitor (--knn_eval_every)")
     return Sources(train, eval_, knn_queries)
 
 
@@ -196,6 +225,15 @@ class Run:
             batches = max(1, self.sources.eval.num_examples // c.train.eval_batch_size)
             steps = c.train.eval_steps or batches
         return dataset, steps
+
+    def evaluated(self, steps: int | None) -> dict:
+        """What an evaluation of `steps` batches (None: one pass) reads, as result.json
+        records it: the dataset, the split and the number of images."""
+        source = self.sources.eval
+        count = source.num_examples
+        if steps is not None:
+            count = min(count, steps * self.config.train.eval_batch_size)
+        return {"dataset": source.name, "split": source.split, "count": count}
 
     def callbacks(
         self, manager: tf.train.CheckpointManager, out_dir: str, bar: bool

@@ -153,10 +153,14 @@ class DataConfig:
     eval_dataset: str | None = setting(None, "Dataset to evaluate on; default: --dataset.")
     data_dir: str | None = setting(None, "Directory of prepared TFDS datasets.")
     train_split: str = setting(
-        "train", "Split to train on; TFDS slicing such as train[:10%] works."
+        "train",
+        "Split to train on; TFDS slicing such as train[:90%] works (a folder or .npz file: of a "
+        "fixed class-stratified shuffle).",
     )
     eval_split: str = setting(
-        "validation", "Split to evaluate on (for .npz files and folders, see --eval_dataset)."
+        "validation",
+        "Split to evaluate on. A folder or .npz file is one split: hold images out with "
+        "--train_split=train[:90%] --eval_split=train[90%:], or use --eval_dataset.",
     )
     label_subset: str | None = setting(
         None, "File of example ids, one per line, to train on (1%/10% lists)."

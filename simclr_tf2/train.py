@@ -113,6 +113,7 @@ def evaluate(run: Run, out_dir: str, started: float) -> dict:
     if "supervised_acc" in metrics:
         result["top_1_accuracy"] = float(metrics["supervised_acc"])
         result["top_5_accuracy"] = float(metrics["supervised_top5_acc"])
+    result["evaluated"] = run.evaluated(steps)
     writer = tf.summary.create_file_writer(os.path.join(out_dir, "eval"))
     with writer.as_default(step=step):
         for key, value in metrics.items():

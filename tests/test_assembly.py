@@ -1,5 +1,6 @@
 """build_run: one way to build a run, for run.py, the tools and the tests."""
 
+import json
 import os
 import re
 
@@ -32,6 +33,10 @@ def test_build_run_plans_builds_and_compiles_what_the_config_says():
     run = build_run(config)
     assert run.plan == Plan(1437, 1437 // 32, 6, 3, run.plan.warmup_steps)
     assert run.sources.train.num_examples == 1437 and run.sources.eval is not None
+    # What result.json says was evaluated: one pass, or at most `steps` batches of 32.
+    evaluated = {"dataset": "digits", "split": "test"}
+    assert run.evaluated(None) == run.evaluated(100) == {**evaluated, "count": 360}
+    assert run.evaluated(2) == {**evaluated, "count": 64}
     model = run.model
     assert model.built and model.num_classes == 10 and run.optimizer.built
     # One weight-decay rule for the optimizer and the model's loss.
@@ -71,3 +76,38 @@ def test_no_tool_or_test_imports_a_private_name_of_the_library():
                 text = open(os.path.join(ROOT, folder, name)).read()
                 offenders += [f"{folder}/{name}: {m}" for m in private.findall(text)]
     assert not offenders, offenders
+
+
+def test_load_sources_refuses_evaluation_on_the_training_images(tmp_path):
+    from simclr_tf2.assembly import load_sources
+    from simclr_tf2.checkpoints import write_json
+    from simclr_tf2.data.sources import DataError
+
+    path = str(tmp_path / "data.npz")
+    np.savez(path, images=np.zeros((40, 8, 8, 3), np.uint8), labels=np.arange(40) % 4)
+    flags = dict(TINY, dataset=path, eval_split="validation", image_size=8)
+    refused = "--eval_split=validation: all of its 40 images are training images"
+    for mode in ("train_then_eval", "eval"):  # --mode=eval watching model_dir
+        with pytest.raises(DataError, match=refused):
+            load_sources(Config.from_flags(**flags, mode=mode, model_dir=str(tmp_path)))
+    held_out = dict(flags, train_split="train[:80%]", eval_split="train[80%:]")
+    sources = load_sources(Config.from_flags(**held_out, mode="train_then_eval"))
+    assert (sources.train.num_examples, sources.eval.num_examples) == (32, 8)
+    # The kNN monitor's queries are held out too.
+    with pytest.raises(DataError, match=r"so the kNN monitor \(--knn_eval_every\) would score"):
+        load_sources(Config.from_flags(**flags, mode="train", knn_eval_every=1))
+    # --mode=eval --checkpoint: the training data is the one in the checkpoint's config.json.
+    trained = tmp_path / "trained"
+    trained.mkdir()
+    write_json(str(trained / "config.json"), json.loads(Config.from_flags(**flags).to_json()))
+    for checkpoint in (trained, trained / "ckpt-20", trained / "saved_model" / "20"):
+        config = Config.from_flags(
+            **dict(flags, dataset="digits", eval_dataset=path),
+            mode="eval",
+            checkpoint=str(checkpoint),
+        )
+        with pytest.raises(DataError, match=refused):
+            load_sources(config)
+    # Another run's checkpoint (no config.json of ours: the authors'): not known, not refused.
+    other = Config.from_flags(**flags, mode="eval", checkpoint=str(tmp_path / "theirs"))
+    assert load_sources(other).eval.num_examples == 40

@@ -62,6 +62,7 @@ def test_train_then_eval_writes_every_output(finished):
     assert result == json.load(open(os.path.join(model_dir, "result_20.json")))
     assert result["global_step"] == 20 and result["wall_clock_seconds"] > 0
     assert 0 <= result["top_1_accuracy"] <= result["top_5_accuracy"] <= 1
+    assert result["evaluated"] == {"dataset": "digits", "split": "test", "count": 360}
     # The startup log states the run's shape.
     assert "1 replica(s); batch 64 per replica, 64 global" in proc.stderr
     assert "20 steps planned" in proc.stderr and f"Outputs are in {model_dir}" in proc.stderr
@@ -129,6 +130,11 @@ WRONG = [
     ),
     (["--train_steps=0", "--train_epochs=0"], "--train_epochs=0: with --train_steps=0 nothing"),
     (
+        ["--mode=train_then_eval", "--eval_split=train[80%:]"],
+        "--eval_split=train[80%:]: all of its 287 images are training images (--dataset=digits "
+        "--train_split=train), so the evaluation would score images the model trained on",
+    ),
+    (
         # digits' train split holds 1437 images: a batch of 4096 would repeat them.
         ["--train_batch_size=4096"],
         "--train_batch_size=4096: the training data (digits, --train_split=train) holds 1437 "
@@ -181,6 +187,26 @@ def test_one_class_folder_for_linear_eval(tmp_path):
     proc = run(*TINY, f"--model_dir={tmp_path}", f"--dataset={tmp_path / 'images'}")
     assert proc.returncode == 2
     assert "has 1 class, and --lineareval_while_pretraining needs at least 2" in proc.stderr
+
+
+def test_train_then_eval_on_a_folder_without_a_held_out_part_stops_with_one_line(tmp_path):
+    from tests.images import rgb, save
+
+    for c in range(3):
+        for i in range(4):
+            save(str(tmp_path / "images" / f"class_{c}" / f"{i}.png"), rgb(8, 8, seed=4 * c + i))
+    folder = str(tmp_path / "images")
+    args = ["--mode=train_then_eval", "--train_batch_size=8", f"--dataset={folder}"]
+    proc = run(*TINY, *args, f"--model_dir={tmp_path}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("run.py: ")]
+    assert ours == [
+        "run.py: --eval_split=test: all of its 12 images are training images "
+        f"(--dataset={folder} --train_split=train), so the evaluation would score images the "
+        "model trained on; hold some out with --train_split=train[:90%] "
+        "--eval_split=train[90%:], or evaluate on other data with --eval_dataset."
+    ], proc.stderr[-2000:]
+    assert not os.path.exists(tmp_path / "config.json")  # stopped before the run started
 
 
 def test_image_size_mismatch_with_npz(tmp_path):

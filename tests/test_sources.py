@@ -122,10 +122,12 @@ def test_cifar10_npz_from_shared_data():
     labels = np.array([int(ex["label"]) for ex in test.dataset()])
     # Class counts from the data's README.
     assert list(np.bincount(labels)) == [103, 89, 100, 103, 90, 86, 112, 102, 106, 109]
-    train = load_source(os.path.join(SHARED, "train.npz"), "train[:10%]")
-    assert train.num_examples == 5000
-    first = next(iter(train.dataset()))
+    first = next(iter(load_source(os.path.join(SHARED, "train.npz")).dataset()))
     assert int(first["label"]) == 6  # the official first training label (frog)
+    # A slice is class-stratified: 10% of each class's 5000.
+    train = load_source(os.path.join(SHARED, "train.npz"), "train[:10%]")
+    labels = next(iter(train.dataset().batch(5000)))["label"].numpy()
+    assert train.num_examples == 5000 and np.bincount(labels).tolist() == [500] * 10
 
 
 def test_embedded_default():

@@ -37,6 +37,7 @@ import tensorflow as tf  # noqa: E402
 from simclr_tf2.compat import load_saved_model  # noqa: E402
 from simclr_tf2.data.pipeline import build_dataset  # noqa: E402
 from simclr_tf2.data.sources import DataError, Source, load_source  # noqa: E402
+from simclr_tf2.data.splits import require_held_out  # noqa: E402
 from simclr_tf2.export import latest_export  # noqa: E402
 
 
@@ -176,6 +177,7 @@ def load_features(args: argparse.Namespace, tool: str, purpose: str):
         )
         train_source.require_classes(f"{purpose} (--dataset)")
         eval_source.require_classes(f"{purpose} (--eval_dataset)")
+        require_held_out(train_source, eval_source, purpose)
     except DataError as error:
         sys.stderr.write(f"{tool}: {error}\n")
         return 2

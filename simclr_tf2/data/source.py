@@ -7,9 +7,11 @@ GIF), which the pipeline decodes (JPEGs only inside the crop window).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import tensorflow as tf
 
 
@@ -28,6 +30,10 @@ class Source:
         num_classes: number of classes, or None for unlabelled data.
         image_shape: (H, W, 3) when every image has that shape, else None.
         make_dataset: builds the `tf.data.Dataset` of example dicts.
+        ids: which examples these are, as numbers in one numbering of every example
+            of the dataset (all its splits), so that two sources of the same data share
+            an image exactly when they share an id (`shared_examples`); None when
+            not known.
     """
 
     name: str
@@ -36,6 +42,7 @@ class Source:
     num_classes: int | None
     image_shape: tuple[int, int, int] | None
     make_dataset: Callable[[], tf.data.Dataset]
+    ids: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def dataset(self) -> tf.data.Dataset:
         return self.make_dataset()
@@ -52,3 +59,21 @@ class Source:
                 f"--dataset={self.name}: has {self.num_classes} class, and {purpose} "
                 "needs at least 2."
             )
+
+
+def same_data(a: str, b: str) -> bool:
+    """Whether two --dataset values name the same data (paths compared as files)."""
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return a == b
+
+
+def shared_examples(a: Source, b: Source) -> int:
+    """How many examples sources `a` and `b` have in common: 0 for different data;
+    by their `ids` when both have them, else all of them for the same split."""
+    if not same_data(a.name, b.name):
+        return 0
+    if a.ids is None or b.ids is None:
+        same_split = a.split.replace(" ", "") == b.split.replace(" ", "")
+        return min(a.num_examples, b.num_examples) if same_split else 0
+    return int(np.intersect1d(a.ids, b.ids).size)

@@ -23,6 +23,7 @@ from simclr_tf2.data.splits import (
     fraction_rows,
     read_label_subset,
     require_ids,
+    single_split_rows,
     slice_bounds,
     split_name,
 )
@@ -119,21 +120,27 @@ def array_source(
     images: np.ndarray,
     labels: np.ndarray,
     num_classes: int | None,
-    parts: dict[str, np.ndarray],
+    parts: dict[str, np.ndarray] | None,
     subset: list[str] | None = None,
     fraction: float = 0.0,
     seed: int = 0,
 ) -> Source:
-    """A Source over in-memory arrays; `parts` maps split names to index arrays.
+    """A Source over in-memory arrays.
 
-    `subset` (ids from a label-subset file) are row indices into the split;
-    `fraction` keeps a class-balanced subset drawn with `seed`.
+    `parts` maps split names to index arrays, sliced in their order as TFDS
+    slices; `parts=None`: the arrays are one split, whatever its name, sliced
+    class-stratified (`single_split_rows`). `subset` (ids from a label-subset
+    file) are row numbers: of the arrays when they are one split, else of the
+    split. `fraction` keeps a class-balanced subset drawn with `seed`.
     """
-    name_of_split = split_name(split)
-    if name_of_split not in parts:
-        raise SplitError(f"no such split in --dataset={name}; use one of {sorted(parts)}.")
-    _, lo, hi = slice_bounds(split, len(parts[name_of_split]))
-    index = parts[name_of_split][lo:hi]
+    if parts is None:
+        index = single_split_rows(split, len(images), labels if num_classes else None)
+    else:
+        name_of_split = split_name(split)
+        if name_of_split not in parts:
+            raise SplitError(f"no such split in --dataset={name}; use one of {sorted(parts)}.")
+        _, lo, hi = slice_bounds(split, len(parts[name_of_split]))
+        index = parts[name_of_split][lo:hi]
     if subset is not None:
         try:
             rows = [int(i) for i in subset]
@@ -141,8 +148,12 @@ def array_source(
             raise DataError(
                 f"--label_subset: ids for --dataset={name} must be row numbers; got {error}."
             ) from error
-        require_ids([str(r) for r in rows], {str(r) for r in range(len(index))}, split)
-        index = index[rows]
+        if parts is None:
+            require_ids([str(r) for r in rows], {str(r) for r in index}, split)
+            index = index[np.isin(index, rows)]
+        else:
+            require_ids([str(r) for r in rows], {str(r) for r in range(len(index))}, split)
+            index = index[rows]
     if fraction:
         index = index[fraction_rows(name, labels[index], fraction, seed)]
     images, labels = images[index], labels[index]
@@ -150,7 +161,7 @@ def array_source(
     def make():
         return tf.data.Dataset.from_tensor_slices({"image": images, "label": labels})
 
-    return Source(name, split, len(index), num_classes, tuple(images.shape[1:]), make)
+    return Source(name, split, len(index), num_classes, tuple(images.shape[1:]), make, index)
 
 
 def digits_source(split: str = "train", subset: list[str] | None = None, **fraction) -> Source:
@@ -177,7 +188,8 @@ def npz_source(
 ) -> Source:
     """An .npz file with `images` (N, H, W, 3) uint8 and optional `labels` (N,) ints.
 
-    The whole file is one split, which can be sliced ("train[:10%]").
+    The whole file is one split, whatever its name; a slice ("train[:90%]",
+    "train[90%:]") is of a fixed class-stratified shuffle (`single_split_rows`).
     """
     if not os.path.isfile(path):
         raise DataError(f"--dataset={path}: no such file.")
@@ -212,9 +224,7 @@ def npz_source(
             raise DataError(f"{path}: 'labels' has negative values; use 0 .. C-1.")
         labels = labels.astype(np.int64)
         num_classes = int(labels.max()) + 1 if len(labels) else 0
-    # The file is a single split, whatever its name.
-    parts = {split_name(split): np.arange(len(images))}
-    return array_source(path, split, images, labels, num_classes, parts, subset, **fraction)
+    return array_source(path, split, images, labels, num_classes, None, subset, **fraction)
 
 
 # ---------------------------------------------------------------- image folders
@@ -232,8 +242,9 @@ def folder_source(
     """A directory of images: one sub-folder per class (nested folders allowed
     inside a class), or a flat folder of unlabelled images for pretraining.
 
-    The folder is one split, which can be sliced ("train[:10%]"); files are
-    listed in sorted order. Every file is checked first (`check_image_file`;
+    The folder is one split, whatever its name: files in sorted order (class by
+    class), or a slice ("train[:90%]", "train[90%:]") of a fixed class-stratified
+    shuffle of them (`single_split_rows`). Every file is checked first (`check_image_file`;
     `verify_images="decode"` also decodes each one): a bad file stops with its
     path named, or with `skip_bad_images` is skipped and logged.
     """
@@ -270,21 +281,21 @@ def folder_source(
         raise DataError(
             f"--dataset={path}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})."
         )
-    # The folder is a single split, whatever its name.
-    _, lo, hi = slice_bounds(split, len(files))
-    files, labels = files[lo:hi], labels[lo:hi]
+    ids = single_split_rows(split, len(files), None if num_classes is None else labels)
+    files, labels = [files[i] for i in ids], [labels[i] for i in ids]
     if subset is not None:
         names = [os.path.basename(f) for f in files]
         require_ids(subset, set(names), path)
         keep = set(subset)
         chosen = [i for i, name in enumerate(names) if name in keep]
-        files, labels = [files[i] for i in chosen], [labels[i] for i in chosen]
+        files, labels, ids = [files[i] for i in chosen], [labels[i] for i in chosen], ids[chosen]
     if fraction:
         rows = fraction_rows(path, None if num_classes is None else labels, fraction, seed)
-        files, labels = [files[i] for i in rows], [labels[i] for i in rows]
+        files, labels, ids = [files[i] for i in rows], [labels[i] for i in rows], ids[rows]
     good = verify_files(files, verify_images, skip_bad_images)
     files = [f for f, ok in zip(files, good, strict=True) if ok]
     labels = [label for label, ok in zip(labels, good, strict=True) if ok]
+    ids = ids[np.asarray(good, bool)]
     if not files:
         raise DataError(f"--dataset={path}: every image file is bad (see the log).")
 
@@ -299,4 +310,4 @@ def folder_source(
 
         return ds.map(read, num_parallel_calls=tf.data.AUTOTUNE)
 
-    return Source(path, split, len(files), num_classes, None, make)
+    return Source(path, split, len(files), num_classes, None, make, ids)

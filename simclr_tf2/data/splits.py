@@ -1,5 +1,7 @@
 """Which examples of a source are used: split slicing as in TFDS ("train[:10%]"),
-label-subset files (the 1% / 10% ImageNet lists) and class-balanced fractions."""
+held-out slices of a source that is one split (a folder, an .npz file), label-subset
+files (the 1% / 10% ImageNet lists) and class-balanced fractions; and the check that
+evaluation data is held out from the training data."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import re
 import numpy as np
 from absl import logging
 
-from simclr_tf2.data.source import DataError
+from simclr_tf2.data.source import DataError, Source, shared_examples
 
 _SLICE = re.compile(r"^(\w+)(?:\[(-?\d*)(%?):(-?\d*)(%?)\])?$")
 
@@ -45,6 +47,79 @@ def slice_bounds(split: str, n: int) -> tuple[str, int, int]:
     if hi <= lo:
         raise SplitError(f"selects no examples out of {n}.")
     return name, lo, hi
+
+
+# The order a source that is one split is sliced in depends on its examples only: the
+# same on every run and host, and under any NumPy version (RandomState's stream is
+# frozen, NEP 19; a Generator's may change between versions).
+SPLIT_SEED = 0
+
+
+def stratified_order(labels, n: int, seed: int = SPLIT_SEED) -> np.ndarray:
+    """A fixed shuffle of n examples in which every class is spread evenly.
+
+    The examples of each class, shuffled, take evenly spaced places from the start
+    (the first) to the end (the last) of the order; ties are broken at random. So any
+    slice holds each class in proportion to its size (to about one image), and the
+    first C and the last C examples (C classes) hold one of every class that has two
+    images or more: `[:x]` and `[x:]` both hold every class when each is at least C
+    long. Unlabelled examples (`labels` None or -1) get a plain shuffle.
+
+    Args:
+        labels: (n,) class ids, or None.
+        n: the number of examples.
+        seed: seed of the shuffle.
+
+    Returns:
+        A permutation of range(n).
+    """
+    rng = np.random.RandomState(seed)
+    if labels is None or not len(labels) or np.min(labels) < 0:
+        return rng.permutation(n)
+    labels = np.asarray(labels)
+    place = np.zeros(n)
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        if len(members) > 1:
+            place[members] = np.arange(len(members)) / (len(members) - 1)
+    return np.lexsort((rng.random_sample(n), place))
+
+
+def single_split_rows(split: str, n: int, labels=None) -> np.ndarray:
+    """The rows `split` selects of a source that is one split (a folder, an .npz file).
+
+    The split's name is not looked at. Unsliced ("train"): every row, in order.
+    Sliced ("train[:90%]", "train[1000:]"): that slice, counted as TFDS counts, of
+    `stratified_order(labels, n)`, so complementary slices ("train[:90%]" and
+    "train[90%:]") are disjoint, together the whole source, class-stratified, and
+    the same on every run and host.
+    """
+    _, lo, hi = slice_bounds(split, n)
+    if (lo, hi) == (0, n):
+        return np.arange(n)
+    return stratified_order(labels, n)[lo:hi]
+
+
+def require_held_out(train: Source, evaluated: Source, purpose: str = "the evaluation") -> None:
+    """Raises DataError when `evaluated` shares images with `train`, the training data.
+
+    Args:
+        train: the training data (--dataset, --train_split).
+        evaluated: the data evaluated on (--eval_dataset or --dataset, --eval_split).
+        purpose: what would score the training images, for the message.
+    """
+    shared = shared_examples(train, evaluated)
+    if not shared:
+        return
+    match = _SLICE.match(train.split.replace(" ", ""))
+    name = match.group(1) if match else "train"
+    which = "all" if shared == evaluated.num_examples else f"{shared}"
+    raise DataError(
+        f"--eval_split={evaluated.split}: {which} of its {evaluated.num_examples} images are "
+        f"training images (--dataset={train.name} --train_split={train.split}), so {purpose} "
+        f"would score images the model trained on; hold some out with --train_split={name}[:90%] "
+        f"--eval_split={name}[90%:], or evaluate on other data with --eval_dataset."
+    )
 
 
 def read_label_subset(path: str) -> list[str]:

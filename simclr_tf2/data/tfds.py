@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from simclr_tf2.data.source import DataError, Source
-from simclr_tf2.data.splits import SplitError
+from simclr_tf2.data.splits import SplitError, slice_bounds
 
 
 def tfds_source(
@@ -75,4 +76,17 @@ def tfds_source(
 
         return ds.map(select)
 
-    return Source(name, split, num_examples, num_classes, None, make)
+    return Source(name, split, num_examples, num_classes, None, make, _ids(builder, split))
+
+
+def _ids(builder, split: str) -> np.ndarray | None:
+    """The examples `split` selects, numbered over all splits (in sorted order) as
+    `Source.ids`; None for splits beyond "name" / "name[a:b]" ("train+test")."""
+    splits = builder.info.splits
+    try:
+        name, lo, hi = slice_bounds(split, splits[split.split("[")[0].strip()].num_examples)
+    except (SplitError, KeyError, ValueError):
+        return None
+    names = sorted(splits.keys())
+    offset = sum(splits[n].num_examples for n in names[: names.index(name)])
+    return np.arange(offset + lo, offset + hi)
