@@ -107,37 +107,64 @@ class KNNMonitor(keras.callbacks.Callback):
 
 
 class CheckpointSaver(keras.callbacks.Callback):
-    """Saves at the end of every Keras epoch (= checkpoint interval), stops at
-    `total_steps`, and stops without saving when the loss is not finite
-    (`bad_step` / `bad_value` then say where)."""
+    """Saves at the end of every Keras epoch (= checkpoint interval) and stops at
+    `total_steps`; stops without saving, from the first step where it sees it, when
+    the loss or the state a checkpoint would hold is not finite (`bad_step`,
+    `bad_what` and `bad_value` then say where).
+
+    The state is checked before each save: the loss a step logs was computed before
+    that step's update, so the update can leave non-finite weights or slots behind a
+    finite loss, and such a checkpoint would not be a good one to resume from.
+    """
 
     def __init__(self, manager: tf.train.CheckpointManager, total_steps: int):
         super().__init__()
         self.manager = manager
         self.total_steps = total_steps
         self.bad_step = None
+        self.bad_what = None
         self.bad_value = None
 
     def _step(self) -> int:
         return int(self.model.optimizer.iterations.numpy())
 
+    def _stop(self, what: str, value: float) -> None:
+        self.bad_step, self.bad_what, self.bad_value = self._step(), what, value
+        self.model.stop_training = True
+
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("total_loss")
         if loss is not None and not math.isfinite(float(loss)):
-            self.bad_step, self.bad_value = self._step(), float(loss)
-            self.model.stop_training = True
+            self._stop("total_loss", float(loss))
         elif self._step() >= self.total_steps:
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.bad_step is None:
-            self.save()
+        self.save()
+
+    def _non_finite_variable(self) -> tuple[str, float] | None:
+        """(path, value) of the first variable of the state a checkpoint holds (model,
+        optimizer) that has a non-finite value; None when all are finite."""
+        for variable in [*self.model.variables, *self.model.optimizer.variables]:
+            values = tf.convert_to_tensor(variable)
+            if values.dtype.is_floating and not bool(tf.reduce_all(tf.math.is_finite(values))):
+                first = tf.boolean_mask(values, ~tf.math.is_finite(values))[0]
+                return variable.path, float(first)
+        return None
 
     def save(self) -> None:
+        """Saves this step's state unless it is saved already or is not finite."""
+        if self.bad_step is not None:
+            return
         step = self._step()
-        if self.manager.latest_checkpoint != f"{self.manager.directory}/ckpt-{step}":
-            path = self.manager.save(checkpoint_number=step)
-            logging.info("Saved checkpoint %s", path)
+        if self.manager.latest_checkpoint == f"{self.manager.directory}/ckpt-{step}":
+            return
+        bad = self._non_finite_variable()
+        if bad is not None:
+            self._stop(f"variable {bad[0]}", bad[1])
+            return
+        path = self.manager.save(checkpoint_number=step)
+        logging.info("Saved checkpoint %s", path)
 
 
 # Logged values, in the order they are shown.

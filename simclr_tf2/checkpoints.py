@@ -1,11 +1,13 @@
 """Checkpoints and exports: finding them, restoring models from them, importing
 the authors' released ones.
 
-`latest_checkpoint` finds a prefix; `restore_model` rebuilds a model from a
-checkpoint and the config.json beside it; `initialise` loads `--checkpoint`
-(ours, a SavedModel export, or the authors') into a built model; `load_teacher`
-gives `--teacher`'s logits; `import_authors_checkpoint` writes the authors'
-checkpoint or SavedModel as one of ours.
+`latest_checkpoint` finds a prefix; `resume_point` the newest checkpoint of a
+model_dir that reads back whole (`unreadable` says why one does not);
+`restore_model` rebuilds a model from a checkpoint and the config.json beside
+it; `initialise` loads `--checkpoint` (ours, a SavedModel export, or the
+authors') into a built model; `load_teacher` gives `--teacher`'s logits;
+`import_authors_checkpoint` writes the authors' checkpoint or SavedModel as one
+of ours.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import re
 
 import tensorflow as tf
+from absl import logging
 
 from simclr_tf2.build import build_model, compile_model
 from simclr_tf2.compat import AuthorsCheckpoint, CompatError
@@ -273,6 +276,91 @@ def latest_checkpoint(path: str) -> str | None:
     if tf.io.gfile.exists(path + ".index"):
         return path
     return None
+
+
+_STEP = re.compile(r"ckpt-(\d+)\.index$")
+
+
+def unreadable(prefix: str) -> str | None:
+    """Why checkpoint `prefix` cannot be read back whole, in one phrase (None if it can).
+
+    Every tensor is read, which checks the data files against the sizes and checksums
+    in the index: a missing, truncated or damaged index or data file is found here
+    rather than halfway through a restore (or, for the optimizer's slots, which are
+    restored when they are created, inside `fit`).
+    """
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        for key in reader.get_variable_to_shape_map():
+            reader.get_tensor(key)
+    # The reader turns some of TensorFlow's errors into Python's (a short read: IndexError).
+    except (tf.errors.OpError, ValueError, IndexError, RuntimeError, OSError) as error:
+        text = getattr(error, "message", None) or str(error)
+        first = next((line for line in text.splitlines() if line.strip()), "")
+        return f"{type(error).__name__}: {first[:200]}"
+    return None
+
+
+def resume_point(model_dir: str, repair: bool = False) -> str | None:
+    """The newest checkpoint the `checkpoint` state file of `model_dir` lists that reads
+    back whole (None when there is none). Without a readable state file, the
+    `ckpt-<step>` files there are the list.
+
+    Each newer one that does not is named in a warning. With `repair`, the state file
+    then names the one returned as the newest, so that the resumed run writes the
+    unreadable steps anew (their files stay on disk until then). Raises ConfigError
+    when checkpoints are listed but none of them can be read.
+    """
+    try:
+        state = tf.train.get_checkpoint_state(model_dir)
+    except ValueError:  # a state file naming no checkpoint
+        state = None
+    if state is not None:
+        listed = list(state.all_model_checkpoint_paths)
+        times = list(state.all_model_checkpoint_timestamps)
+        if state.model_checkpoint_path not in listed:
+            listed.append(state.model_checkpoint_path)
+        preserved = state.last_preserved_timestamp
+    else:
+        # No state file, or one that cannot be parsed (TF then ignores it): the
+        # checkpoints on disk, oldest first, rather than silently none.
+        found = tf.io.gfile.glob(os.path.join(model_dir, "ckpt-*.index"))
+        numbered = [(int(m.group(1)), p[: -len(".index")]) for p in found if (m := _STEP.search(p))]
+        listed = [p for _, p in sorted(numbered)]
+        times, preserved = [], 0.0
+    if len(times) != len(listed):
+        times = [
+            os.path.getmtime(p + ".index") if os.path.exists(p + ".index") else 0.0 for p in listed
+        ]
+    if not listed:
+        return None
+    broken = []
+    for index in range(len(listed) - 1, -1, -1):
+        prefix = listed[index]
+        reason = unreadable(prefix)
+        if reason is None:
+            break
+        logging.warning(
+            "Checkpoint %s cannot be read back (%s); trying an older one.", prefix, reason
+        )
+        broken.append((prefix, reason))
+    else:
+        raise ConfigError(
+            f"--model_dir={model_dir}: none of its checkpoints can be read back "
+            f"({', '.join(os.path.basename(p) for p, _ in broken)}; the newest: {broken[0][1]}); "
+            "move "
+            "them away to start from step 0, or restore them from a copy."
+        )
+    if repair and (broken or state is None):
+        # With their times, or the CheckpointManager would no longer list (nor sweep) them.
+        tf.compat.v1.train.update_checkpoint_state(
+            model_dir,
+            prefix,
+            all_model_checkpoint_paths=listed[: index + 1],
+            all_model_checkpoint_timestamps=times[: index + 1],
+            last_preserved_timestamp=preserved,
+        )
+    return prefix
 
 
 def initialise(

@@ -212,7 +212,9 @@ class TrainConfig:
         range=NOT_NEGATIVE,
     )
     keep_checkpoint_max: int = setting(
-        5, "Checkpoints to keep.", range=Range(1, note="keep at least 1 checkpoint")
+        5,
+        "Checkpoints to keep.",
+        range=Range(2, note="a damaged newest checkpoint falls back to the one before"),
     )
     keep_hub_module_max: int = setting(
         1,

@@ -25,11 +25,12 @@ from absl import logging
 
 from simclr_tf2.assembly import Run, build_run, load_sources, released_checkpoint
 from simclr_tf2.build import num_params
-from simclr_tf2.checkpoints import initialise, write_json
+from simclr_tf2.checkpoints import initialise, resume_point, write_json
 from simclr_tf2.config import Config, ConfigError, validate
 from simclr_tf2.data.sources import DataError
 from simclr_tf2.distribute import Cluster, cluster_of, describe
 from simclr_tf2.export import export_step
+from simclr_tf2.lock import ModelDirLock
 
 
 class TrainingError(RuntimeError):
@@ -146,12 +147,37 @@ def _check_model_dir(config: Config) -> None:
         )
 
 
-def _restore(run: Run, checkpoint: tf.train.Checkpoint) -> int:
-    """Resumes from the newest checkpoint in model_dir, else starts from
-    --checkpoint; returns the step the run is at."""
+@contextlib.contextmanager
+def _one_writer(config: Config, cluster: Cluster):
+    """A training run's chief holds model_dir's lock (simclr_tf2/lock.py) to its end.
+
+    --mode=eval does not: it only reads checkpoints, and its results and exports
+    are written whole under names of their own, so a watcher runs beside the
+    trainer. Other workers of a cluster write nothing into model_dir.
+    """
+    if config.mode == "eval" or not cluster.is_chief:
+        yield
+    elif "://" in config.model_dir:
+        logging.warning(
+            "--model_dir=%s is not a local or mounted path: it is not locked against a "
+            "second run writing into it.",
+            config.model_dir,
+        )
+        yield
+    else:
+        with ModelDirLock(config.model_dir):
+            yield
+
+
+def _restore(run: Run, checkpoint: tf.train.Checkpoint, is_chief: bool) -> int:
+    """Resumes from the newest checkpoint in model_dir that reads back whole (newer,
+    unreadable ones are named in the log), else starts from --checkpoint; returns
+    the step the run is at."""
     config = run.config
-    latest = tf.train.latest_checkpoint(config.model_dir)
-    if latest and config.mode != "eval":
+    latest = None
+    if config.mode != "eval":
+        latest = resume_point(config.model_dir, repair=is_chief)
+    if latest:
         checkpoint.restore(latest).assert_existing_objects_matched()
         logging.info("Restored %s", latest)
     elif config.checkpoint:
@@ -199,46 +225,47 @@ def run(config: Config, strategy: tf.distribute.Strategy | None = None) -> dict 
     # Plan: every setting, the model_dir, --checkpoint and the data, before any compute.
     validate(config, strategy.num_replicas_in_sync)
     _check_model_dir(config)
-    released = released_checkpoint(config)
-    sources = load_sources(config, strategy.num_replicas_in_sync)
-    tf.io.gfile.makedirs(config.model_dir)
-    if training and cluster.is_chief:
-        write_json(os.path.join(config.model_dir, "config.json"), json.loads(config.to_json()))
-    keras.utils.set_random_seed(config.runtime.seed)
-    if config.runtime.deterministic:
-        tf.config.experimental.enable_op_determinism()
+    with _one_writer(config, cluster):
+        released = released_checkpoint(config)
+        sources = load_sources(config, strategy.num_replicas_in_sync)
+        tf.io.gfile.makedirs(config.model_dir)
+        if training and cluster.is_chief:
+            write_json(os.path.join(config.model_dir, "config.json"), json.loads(config.to_json()))
+        keras.utils.set_random_seed(config.runtime.seed)
+        if config.runtime.deterministic:
+            tf.config.experimental.enable_op_determinism()
 
-    # Build.
-    built = build_run(config, strategy, sources, released)
-    checkpoint = built.checkpoint()
-    if watching:
-        return _watch(built, checkpoint, started)
+        # Build.
+        built = build_run(config, strategy, sources, released)
+        checkpoint = built.checkpoint()
+        if watching:
+            return _watch(built, checkpoint, started)
 
-    # Restore.
-    start_step = _restore(built, checkpoint)
-    _log_start(built, start_step)
+        # Restore.
+        start_step = _restore(built, checkpoint, cluster.is_chief)
+        _log_start(built, start_step)
 
-    # Every worker saves, exports and evaluates (they are collective); only the
-    # chief writes into model_dir, the others into a directory removed at the end.
-    out_dir = config.model_dir
-    if not cluster.is_chief:
-        out_dir = tempfile.mkdtemp(prefix=f"simclr_{cluster.task_type}{cluster.task_id}_")
-    try:
-        with _peers_watched(cluster, config.model_dir), _undecodable_images_named(config):
-            # Fit, evaluate, export.
-            if training:
-                _fit(built, checkpoint, out_dir, start_step)
-                _export(built, out_dir)
-            result = None
-            if sources.eval is not None:
-                result = evaluate(built, out_dir, started)
-                if not training:
+        # Every worker saves, exports and evaluates (they are collective); only the
+        # chief writes into model_dir, the others into a directory removed at the end.
+        out_dir = config.model_dir
+        if not cluster.is_chief:
+            out_dir = tempfile.mkdtemp(prefix=f"simclr_{cluster.task_type}{cluster.task_id}_")
+        try:
+            with _peers_watched(cluster, config.model_dir), _undecodable_images_named(config):
+                # Fit, evaluate, export.
+                if training:
+                    _fit(built, checkpoint, out_dir, start_step)
                     _export(built, out_dir)
-            logging.info("Outputs are in %s", out_dir)
-            return result
-    finally:
-        if out_dir != config.model_dir:
-            shutil.rmtree(out_dir, ignore_errors=True)
+                result = None
+                if sources.eval is not None:
+                    result = evaluate(built, out_dir, started)
+                    if not training:
+                        _export(built, out_dir)
+                logging.info("Outputs are in %s", out_dir)
+                return result
+        finally:
+            if out_dir != config.model_dir:
+                shutil.rmtree(out_dir, ignore_errors=True)
 
 
 def _fit(run: Run, checkpoint: tf.train.Checkpoint, out_dir: str, start_step: int) -> None:
@@ -267,14 +294,15 @@ def _fit(run: Run, checkpoint: tf.train.Checkpoint, out_dir: str, start_step: in
             verbose=0,  # Progress shows the whole run's progress
             shuffle=False,  # the input pipeline shuffles
         )
+        saver.save()  # the last step, when it ends no checkpoint interval
         if saver.bad_step is not None:
             raise TrainingError(
-                f"the loss became {saver.bad_value} at step {saver.bad_step}; stopped without "
-                f"saving, the last good checkpoint ({manager.latest_checkpoint}) is kept. Likely "
-                "causes: a learning rate too high (--learning_rate) or a temperature too low "
+                f"{saver.bad_what} became {saver.bad_value} at step {saver.bad_step}; stopped "
+                f"without saving it, the last good checkpoint "
+                f"({manager.latest_checkpoint or 'none yet'}) is kept. Likely causes: a "
+                "learning rate too high (--learning_rate) or a temperature too low "
                 "(--temperature)."
             )
-        saver.save()
 
 
 def _watch(run: Run, checkpoint: tf.train.Checkpoint, started: float) -> dict | None:

@@ -6,24 +6,24 @@ itself with SIGKILL, which no Python code can intercept, at one of these moments
 - `before_state`: during the second save, once `ckpt-<step>.index` and its data file are
   complete but before the `checkpoint` state file names them (the first `_record_state` of
   `tf.train.CheckpointManager.save`).
-- `mid_write`: during the second save, while TensorFlow is writing the shard into
-  `<prefix>_temp/`: a thread started with the write polls that folder and kills the process as
-  soon as it sees the writer's `.tempstate` file, i.e. before the shard is renamed into place
-  and long before the merge into `<prefix>.index` / `.data-*`.
+- `mid_write`: during the second save, once TensorFlow has written the checkpoint's shard (its
+  data and its own index) into `<prefix>_temp/` and before it merges them into `<prefix>.index`
+  and `<prefix>.data-*` (the call to `merge_v2_checkpoints`, which the save makes right after the
+  shard writes).
+- `mid_export`: during the first export, once the SavedModel's variables are written into its
+  temporary directory and before its `saved_model.pb` is (the last file a SavedModel gets, and
+  the one readers take as the sign that it is complete).
 
-The `mid_write` watcher races the writer (a few milliseconds); it wins almost always. When it
-loses, the process is killed as the write returns, before the merge: the shard then sits
-complete in `<prefix>_temp/` and `<prefix>.index` does not exist, which a resume must treat the
-same way. (A CI run once lost the race at every save and the run reached its export.) The line
-`kill_hooks: SIGKILL ...` on stderr names the checkpoint being written. If the run ends without
-having been killed, the script exits with status 86 so that a test cannot pass by accident.
+Each moment is reached by replacing the TensorFlow function that the save calls next, so the
+kill comes inside the save at every run, never before or after it. The line
+`kill_hooks: SIGKILL ...` on stderr names what was being written. If the run ends without having
+been killed, the script exits with status 86 so that a test cannot pass by accident.
 """
 
 import os
 import runpy
 import signal
 import sys
-import threading
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOT_KILLED = 86
@@ -34,13 +34,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 from tensorflow.python.checkpoint import checkpoint_management  # noqa: E402
-from tensorflow.python.ops import io_ops  # noqa: E402
+from tensorflow.python.lib.io import file_io  # noqa: E402
+from tensorflow.python.ops import gen_io_ops  # noqa: E402
 
 _saves = 0
 
 
 def _die(message: str) -> None:
-    sys.stderr.write(f"kill_hooks: SIGKILL {message}\n")
+    sys.stderr.write(f"kill_hooks: SIGKILL (pid {os.getpid()}) {message}\n")
     sys.stderr.flush()
     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -70,45 +71,42 @@ def _kill_before_state() -> None:
 
 
 def _kill_mid_write() -> None:
-    # functional_saver calls `io_ops.save_v2` through the module at each save (eagerly), so
-    # replacing the module attribute reaches every shard write.
-    save_v2 = io_ops.save_v2
+    # functional_saver calls `gen_io_ops.merge_v2_checkpoints` through the module once the
+    # shards are written, so replacing the module attribute reaches every save.
+    merge = gen_io_ops.merge_v2_checkpoints
 
-    def save_v2_and_die(prefix, *args, **kwargs):
-        # Saving a SavedModel traces the saver into a graph (a symbolic prefix): not a write.
-        if _saves < FIRST_SAVE_TO_KILL or not hasattr(prefix, "numpy"):
-            return save_v2(prefix, *args, **kwargs)
-        folder = os.path.dirname(prefix.numpy().decode())
-        done = threading.Event()
+    def merge_or_die(checkpoint_prefixes, destination_prefix, *args, **kwargs):
+        # Saving a SavedModel traces the saver into a graph (symbolic prefixes): not a write.
+        if _saves == FIRST_SAVE_TO_KILL and hasattr(destination_prefix, "numpy"):
+            prefix = destination_prefix.numpy().decode()
+            shards = os.listdir(prefix + "_temp")
+            _die(f"with {prefix} written into {prefix}_temp/ ({len(shards)} files), not merged")
+        return merge(checkpoint_prefixes, destination_prefix, *args, **kwargs)
 
-        def watch():
-            while not done.is_set():
-                try:
-                    names = os.listdir(folder)
-                except FileNotFoundError:
-                    continue
-                partial = [n for n in names if ".tempstate" in n]
-                if partial:
-                    size = os.path.getsize(os.path.join(folder, partial[0]))
-                    _die(f"while writing {folder}/{partial[0]} ({size} bytes so far)")
-
-        # The watcher must get the interpreter lock within the few ms the write lasts.
-        switch_interval = sys.getswitchinterval()
-        sys.setswitchinterval(1e-5)
-        watcher = threading.Thread(target=watch, daemon=True)
-        watcher.start()
-        try:
-            save_v2(prefix, *args, **kwargs)
-        finally:
-            done.set()
-            watcher.join()
-            sys.setswitchinterval(switch_interval)
-        _die(f"after writing into {folder}, before the merge (the watcher missed the write)")
-
-    io_ops.save_v2 = save_v2_and_die
+    gen_io_ops.merge_v2_checkpoints = merge_or_die
 
 
-POINTS = {"before_state": _kill_before_state, "mid_write": _kill_mid_write}
+def _kill_mid_export() -> None:
+    # tf.saved_model.save writes saved_model.pb through `file_io.atomic_write_string_to_file`
+    # after the variables; replacing the module attribute reaches that call.
+    write = file_io.atomic_write_string_to_file
+
+    def write_or_die(filename, *args, **kwargs):
+        name = os.fspath(filename)
+        if name.endswith("saved_model.pb"):
+            folder = os.path.dirname(name)
+            written = sorted(os.listdir(os.path.join(folder, "variables")))
+            _die(f"while exporting into {folder} (variables/ holds {written}), before its .pb")
+        return write(filename, *args, **kwargs)
+
+    file_io.atomic_write_string_to_file = write_or_die
+
+
+POINTS = {
+    "before_state": _kill_before_state,
+    "mid_write": _kill_mid_write,
+    "mid_export": _kill_mid_export,
+}
 
 
 def main() -> int:

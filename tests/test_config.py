@@ -39,7 +39,7 @@ def test_defaults_are_the_paper_codes_and_valid():
         ),
         (dict(optimizer="sgd"), 1, "--optimizer=sgd: use one of lars, momentum, adam, lamb"),
         (dict(batch_norm_decay=1.0), 1, "--batch_norm_decay=1.0: must be in (0, 1)"),
-        (dict(keep_checkpoint_max=0), 1, "--keep_checkpoint_max=0: must be >= 1 (keep at least 1"),
+        (dict(keep_checkpoint_max=1), 1, "--keep_checkpoint_max=1: must be >= 2 (a damaged"),
         (dict(sk_ratio=1.0), 1, "--sk_ratio=1.0: must be in [0, 1)"),
         (dict(se_ratio=2.0), 1, "--se_ratio=2.0: must be in [0, 1]"),
         (dict(mode="eval"), 1, "--mode=eval: needs --model_dir"),

@@ -1,6 +1,12 @@
 """train.py pieces that the end-to-end tests cannot reach cheaply."""
 
+import os
+import re
+import subprocess
+import sys
+
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from simclr_tf2.callbacks import CheckpointSaver
@@ -43,3 +49,89 @@ def test_stops_at_the_planned_step(tmp_path):
     model.optimizer.iterations.assign(10)
     saver.on_train_batch_end(1, {"total_loss": 1.0})
     assert model.stop_training
+
+
+def test_a_non_finite_state_behind_a_finite_loss_is_not_saved(tmp_path):
+    # The loss a step logs was computed before the step's update: the update can leave
+    # non-finite weights behind a finite loss, and that state must not become a checkpoint.
+    model = SimCLRModel(num_classes=None, resnet_depth=18, width_multiplier=0.25, cifar_stem=True)
+    model.build((None, 8, 8, 3))
+    model.compile(optimizer=build_optimizer("momentum", 0.1))
+    model.optimizer.build(model.trainable_variables)
+    manager = tf.train.CheckpointManager(
+        tf.train.Checkpoint(model=model, optimizer=model.optimizer), str(tmp_path), 3
+    )
+    saver = CheckpointSaver(manager, total_steps=100)
+    saver.set_model(model)
+    model.optimizer.iterations.assign(5)
+    saver.on_epoch_end(0)
+    assert manager.latest_checkpoint.endswith("ckpt-5")
+
+    slot = model.optimizer.variables[-1]  # a momentum slot: state a checkpoint holds
+    slot.assign(tf.fill(slot.shape, float("inf")))
+    model.optimizer.iterations.assign(10)
+    saver.on_train_batch_end(0, {"total_loss": 1.5})
+    saver.on_epoch_end(1)
+    assert manager.latest_checkpoint.endswith("ckpt-5")
+    assert model.stop_training and saver.bad_step == 10 and saver.bad_value == float("inf")
+    assert saver.bad_what == f"variable {slot.path}"
+
+
+@pytest.mark.reliability
+def test_run_py_stops_at_the_first_non_finite_step_and_keeps_the_last_good(tmp_path):
+    from test_run import TINY
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    model_dir = str(tmp_path / "model")
+    # A checkpoint at every step, so that one would be written right after the divergence.
+    command = [sys.executable, "run.py", "--mode=train_then_eval", *TINY, "--checkpoint_steps=1"]
+    command += ["--train_steps=10", "--eval_steps=2", f"--model_dir={model_dir}"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+    def run(learning_rate):
+        return subprocess.run(
+            [*command, f"--learning_rate={learning_rate}"],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    diverged = run(1e9)  # non-finite within a few steps
+    assert diverged.returncode == 1, diverged.stderr[-3000:]
+    last = diverged.stderr.splitlines()[-1]
+    stop = re.fullmatch(
+        r"run.py: (total_loss|variable \S+) became (nan|inf|-inf) at step (\d+); stopped "
+        r"without saving it, the last good checkpoint \((\S+)\) is kept\. .*",
+        last,
+    )
+    assert stop, diverged.stderr[-3000:]
+    bad_step, kept = int(stop.group(3)), stop.group(4)
+    assert 1 < bad_step < 10
+    saved = [int(n) for n in re.findall(r"Saved checkpoint .*/ckpt-(\d+)$", diverged.stderr, re.M)]
+    assert saved == list(range(1, bad_step)), saved  # every step before it, none from it on
+    assert kept == os.path.join(model_dir, f"ckpt-{bad_step - 1}")
+    assert tf.train.latest_checkpoint(model_dir) == kept
+    on_disk = sorted(
+        int(n.split("-")[1].split(".")[0])
+        for n in os.listdir(model_dir)
+        if n.startswith("ckpt-") and n.endswith(".index")
+    )
+    assert max(on_disk) == bad_step - 1
+    # The last good checkpoint holds finite values only, and nothing was exported or evaluated.
+    reader = tf.train.load_checkpoint(kept)
+    for key, dtype in reader.get_variable_to_dtype_map().items():
+        if dtype.is_floating:
+            assert np.all(np.isfinite(reader.get_tensor(key))), key
+    assert not os.path.exists(os.path.join(model_dir, "saved_model"))
+    assert not os.path.exists(os.path.join(model_dir, "result.json"))
+
+    # Resumable: the same command restores it and goes on (here, to diverge again at once: the
+    # momentum a diverging run leaves in the optimizer slots diverges at any learning rate).
+    resumed = run(1e9)
+    assert f"Restored {kept}\n" in resumed.stderr and f"from step {bad_step - 1}." in resumed.stderr
+    assert resumed.returncode == 1, resumed.stderr[-3000:]
+    again = re.search(r"became \S+ at step (\d+);", resumed.stderr.splitlines()[-1])
+    assert again and int(again.group(1)) >= bad_step, resumed.stderr[-3000:]
+    assert tf.train.latest_checkpoint(model_dir) == kept
