@@ -28,6 +28,7 @@ from simclr_tf2.data.sources import Source, load_source
 from simclr_tf2.data.splits import require_held_out
 from simclr_tf2.models.simclr import SimCLRModel
 from simclr_tf2.optim import WarmUpAndCosineDecay
+from simclr_tf2.precision import compute_dtype, resolve_precision, strategy_devices
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,6 +168,8 @@ class Run:
     schedule: WarmUpAndCosineDecay
     # The authors' checkpoint at --checkpoint (None when it is ours or there is none).
     released: AuthorsCheckpoint | None = None
+    # The precision the model computes in: --mixed_precision, "auto" resolved.
+    precision: str = "none"
 
     @property
     def optimizer(self) -> keras.optimizers.Optimizer:
@@ -339,7 +342,11 @@ def build_run(
     num_classes = _num_classes(config, sources)
     plan = Plan.of(config, sources.train.num_examples if sources.train else None)
     training = config.mode in ("train", "train_then_eval")
-    with strategy.scope(), dtype_policy(config.runtime.mixed_precision):
+    asked = config.runtime.mixed_precision
+    precision, reason = resolve_precision(asked, strategy_devices(strategy))
+    if asked == "auto":
+        logging.info("Precision %s: %s.", compute_dtype(precision), reason)
+    with strategy.scope(), dtype_policy(precision):
         teacher = None
         if config.train_mode == "distill" and training:
             teacher, teacher_classes, where = load_teacher(
@@ -358,4 +365,4 @@ def build_run(
             model.set_teacher(teacher)
         schedule = build_schedule(config, plan)
         compile_model(model, config, schedule)
-    return Run(config, strategy, plan, sources, model, schedule, released)
+    return Run(config, strategy, plan, sources, model, schedule, released, precision)

@@ -17,12 +17,15 @@ from absl import logging
 from simclr_tf2.config import Config
 from simclr_tf2.models.simclr import SimCLRModel
 from simclr_tf2.optim import WarmUpAndCosineDecay, build_optimizer, warmup_steps_for
+from simclr_tf2.precision import resolve_precision
 
 
 @contextlib.contextmanager
 def dtype_policy(name: str):
     """Builds layers under the `name` mixed-precision policy ("none" = the current
-    one), then restores the policy that was set before."""
+    one; "auto" = `resolve_precision`'s choice for the current strategy's devices),
+    then restores the policy that was set before."""
+    name, _ = resolve_precision(name)
     if name == "none":
         yield
         return

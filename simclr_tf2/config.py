@@ -30,7 +30,7 @@ SCALINGS = ("linear", "sqrt")
 PROJ_HEAD_MODES = ("none", "linear", "nonlinear")
 VERIFY_MODES = ("header", "decode")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
-PRECISIONS = ("none", "mixed_bfloat16", "mixed_float16")
+PRECISIONS = ("none", "mixed_bfloat16", "mixed_float16", "auto")
 KERNELS = ("auto", "plain")
 RESNET_DEPTHS = (10, 18, 34, 50, 101, 152, 200)
 
@@ -338,8 +338,11 @@ class RuntimeConfig:
     )
     mixed_precision: str = setting(
         "none",
-        "none, mixed_bfloat16 (TPUs, recent CPUs and GPUs) or mixed_float16 (GPUs; with loss "
-        "scaling). Logits, losses and BN statistics stay float32.",
+        "none (float32, the paper's setting), mixed_bfloat16 (TPUs, recent CPUs and GPUs), "
+        "mixed_float16 (GPUs; with loss scaling) or auto: mixed_bfloat16 where the device "
+        "computes bfloat16 natively (a CPU with AMX or AVX512-BF16, a TPU, a GPU of compute "
+        "capability 8.0+), else none; the log says which. Weights, logits, losses and BN "
+        "statistics stay float32.",
         choices=PRECISIONS,
     )
     jit_compile: bool = setting(

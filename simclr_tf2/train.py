@@ -109,6 +109,8 @@ def evaluate(run: Run, out_dir: str, started: float) -> dict:
     result = {
         "global_step": step,
         "wall_clock_seconds": round(time.time() - started, 1),
+        # --mixed_precision as the run resolved it (config.json has what was asked).
+        "mixed_precision": run.precision,
         **{k: float(v) for k, v in metrics.items()},
     }
     if "supervised_acc" in metrics:
@@ -196,7 +198,7 @@ def _log_start(run: Run, start_step: int) -> None:
         replicas,
         c.train.train_batch_size // replicas,
         c.train.train_batch_size,
-        c.runtime.mixed_precision,
+        run.precision + (" (from auto)" if c.runtime.mixed_precision == "auto" else ""),
         ", XLA" if c.runtime.jit_compile else "",
         f"{encoder:,}",
         f"{num_params(run.model.weights) - encoder:,}",

@@ -348,6 +348,7 @@ def test_recipe_flagfiles_parse_and_validate(name):
     elif name == "digits_quickstart.flags":
         settings = (config["dataset"], config["mode"], config["image_size"])
         assert settings == ("digits", "train_then_eval", 32)
+        assert config["mixed_precision"] == "auto"  # bfloat16 where native, else float32
     else:
         assert (config["temperature"], config["color_jitter_strength"]) == (0.5, 0.5)
         assert not config["use_blur"] and config["image_size"] == 32

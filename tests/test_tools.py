@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from simclr_tf2.precision import Device, compute_dtype, resolve_precision
+from tools.hardware import cpu_features, parse_onednn_verbose
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -67,6 +70,7 @@ def test_benchmark_counts_flops_and_ends_with_json(tmp_path):
         "--train_batch_size=16",
         "--steps=2",
         "--windows=2",
+        "--mixed_precision=auto",
         f"--profile_dir={tmp_path / 'ops'}",
         f"--memory_profile_dir={tmp_path / 'memory'}",
     )
@@ -93,10 +97,59 @@ def test_benchmark_counts_flops_and_ends_with_json(tmp_path):
     # are not counted.
     forward_per_pair = 2 * forward_flops_r18(width=0.25, size=16)
     assert 2.8 * forward_per_pair < result["flops_per_pair"] < 3.3 * forward_per_pair
-    assert result["pct_of_matmul_peak"] == pytest.approx(
-        100 * result["pairs_per_s"] * result["flops_per_pair"] / 1e9 / result["matmul_peak_gflops"],
-        rel=0.02,
+    achieved = result["pairs_per_s"] * result["flops_per_pair"] / 1e9
+    for peak in ("matmul", "conv"):
+        assert result[f"pct_of_{peak}_peak"] == pytest.approx(
+            100 * achieved / result[f"{peak}_peak_gflops"], rel=0.02
+        )
+    # The peaks are in the dtype of the step: "auto" resolved as the library does here.
+    policy, reason = resolve_precision("auto", [Device("CPU")])
+    assert (result["precision"], result["precision_reason"]) == (policy, reason)
+    assert result["compute_dtype"] == compute_dtype(policy)
+    assert result["mixed_precision"] == "auto"  # what was asked
+    if policy == "none":
+        assert result["fp32_matmul_peak_gflops"] == result["matmul_peak_gflops"]
+    assert result["cpu_features"] == cpu_features()
+    # The tool turns oneDNN on: its ISA and a convolution kernel (float32 here).
+    onednn = result["onednn"]
+    assert onednn["onednn_opts"] == "1" and onednn["isa"]
+    if policy == "none":
+        assert any(k.startswith("convolution ") for k in onednn["kernels"]), onednn
+
+
+def test_onednn_verbose_is_parsed():
+    stdout = "\n".join(
+        [
+            "onednn_verbose,v1,info,cpu,runtime:threadpool,nthr:2",
+            "onednn_verbose,v1,info,cpu,isa:Intel AVX-512 with AVX512BW, AVX512VL, AVX512DQ, "
+            "AVX512_VNNI, AVX512_BF16 and Intel AMX with bfloat16 and 8-bit integer support",
+            "onednn_verbose,v1,primitive,exec,cpu,reorder,jit:uni,undef,src:f32::blocked:cdba::f0 "
+            "dst:bf16::blocked:Acdb16a::f0,,,16x16x3x3,0.18",
+            "onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx512_core_amx,"
+            "forward_training,src:bf16::blocked:acdb::f0 wei:bf16:a:blocked:Acdb16a::f0,,"
+            "alg:convolution_direct,mb2_ic16oc16,0.19",
+            "onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx512_core_amx,"
+            "forward_training,src:bf16::blocked:acdb::f0,,,mb2_ic16oc16,0.18",
+            "onednn_verbose,v1,primitive,exec,cpu,gemm_api,,undef,src_f32::blocked:ab:f0 "
+            "wei_f32::blocked:ab:f0,,,64x64:64x64,47.7",
+            "1.0 [2.0, 3.0]",
+        ]
     )
+    stderr = (
+        "E0000 00:00:17.9 5576 util.cc:131] oneDNN supports DT_BFLOAT16 only on platforms with "
+        "AVX-512. Falling back to the default Eigen-based implementation if present.\n"
+    )
+    found = parse_onednn_verbose(stdout, stderr)
+    assert found["isa"].startswith("Intel AVX-512 with") and "AMX" in found["isa"]
+    # Reorders are left out; each kernel once.
+    assert found["kernels"] == [
+        "convolution brg_conv_fwd:avx512_core_amx bf16",
+        "gemm_api - f32",
+    ]
+    assert found["notes"] == [
+        "oneDNN supports DT_BFLOAT16 only on platforms with AVX-512. Falling back to the "
+        "default Eigen-based implementation if present."
+    ]
 
 
 def forward_flops_r18(width: float, size: int) -> float:

@@ -1,9 +1,16 @@
 """Training-speed benchmark: pairs/s of the real `model.fit` path, FLOPs, memory.
 
 For one configuration (the same flag names as run.py) it measures, in one run:
-  * TensorFlow's fp32 matmul peak on this machine, before and after the timed
-    windows (the yardstick: the host's speed drifts between hours, so figures
-    are compared as ratios to the mean of the two);
+  * the yardsticks, before and after the timed windows (the host's speed
+    drifts between hours, so figures are compared as ratios to the mean of the
+    two): TensorFlow's matmul peak and a representative convolution's peak
+    (3x3, batch 256, 32x32, 64 -> 64 channels, forward), both in the dtype the
+    step computes in (float32; bfloat16 under mixed_bfloat16, float16 under
+    mixed_float16), and the fp32 matmul peak for the figures scaled to the
+    reference host;
+  * what the CPU offers (AMX, AVX512-BF16, AVX-512, AVX2, FMA from its flags)
+    and the oneDNN ISA and kernels a small convolution and matmul in that
+    dtype run on (ONEDNN_VERBOSE=1 in a subprocess);
   * pairs/s through `model.fit` on a synthetic in-memory batch, and with the
     real input pipeline attached (CIFAR-10's train.npz at 32 px when
     ../shared/data is there, else random uint8 arrays of the requested size):
@@ -14,14 +21,16 @@ For one configuration (the same flag names as run.py) it measures, in one run:
     synthetic window before it;
   * the model's FLOPs per pair, counted with TensorFlow's per-op statistics on
     the ops the traced train step runs (forward, backward and update), and
-    the achieved FLOP/s as a percentage of the matmul peak;
+    the achieved FLOP/s as a percentage of the matmul and convolution peaks;
   * the process's peak resident memory after the first synthetic window,
     before the input pipeline has run.
 
 Usage:
   python tools/benchmark.py --resnet_depth=18 --image_size=32 --train_batch_size=256
 The last line printed is one JSON object with pairs_per_s, pairs_per_s_with_pipeline,
-peak_rss_gb, flops_per_pair, pct_of_matmul_peak and the settings.
+peak_rss_gb, flops_per_pair, pct_of_matmul_peak, pct_of_conv_peak, the precision the
+step computes in (--mixed_precision=auto resolved, and why), cpu_features, onednn and the
+settings.
 """
 
 from __future__ import annotations
@@ -43,6 +52,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from simclr_tf2.config import PRECISIONS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add = parser.add_argument
     add("--resnet_depth", type=int, default=18)
@@ -51,7 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--train_batch_size", type=int, default=256)
     add("--strategy", default="auto", help="as run.py: auto, one_device, mirrored")
     add("--num_logical_cpus", type=int, default=0)
-    add("--mixed_precision", default="none", choices=["none", "mixed_bfloat16", "mixed_float16"])
+    add("--mixed_precision", default="none", choices=PRECISIONS, help="as run.py")
     add("--jit_compile", action="store_true")
     add("--steps_per_execution", type=int, default=1)
     add("--proj_head_mode", default="nonlinear")
@@ -223,7 +234,15 @@ def main(argv=None) -> dict:
     from simclr_tf2.assembly import Sources, build_run
     from simclr_tf2.config import Config
     from simclr_tf2.data.sources import npz_source
-    from tools.hardware import REFERENCE_PEAK_GFLOPS, cores, matmul_peak_gflops
+    from simclr_tf2.precision import compute_dtype, resolve_precision, strategy_devices
+    from tools.hardware import (
+        REFERENCE_PEAK_GFLOPS,
+        conv_peak_gflops,
+        cores,
+        cpu_features,
+        matmul_peak_gflops,
+        onednn_kernels,
+    )
 
     rng = np.random.default_rng(0)
     num_classes, size = 10, args.image_size
@@ -236,12 +255,15 @@ def main(argv=None) -> dict:
         atexit.register(os.remove, path)
         images = rng.integers(0, 256, (2048, size, size, 3), dtype=np.uint8)
         np.savez(path, images=images, labels=np.arange(2048) % num_classes)
+    precision, reason = resolve_precision(args.mixed_precision, strategy_devices(strategy))
+    dtype = compute_dtype(precision)
+    print(f"precision: {dtype} ({reason})", flush=True)
     config = Config.from_flags(
         resnet_depth=args.resnet_depth,
         width_multiplier=args.width_multiplier,
         image_size=args.image_size,
         train_batch_size=args.train_batch_size,
-        mixed_precision=args.mixed_precision,
+        mixed_precision=precision,
         jit_compile=args.jit_compile,
         steps_per_execution=args.steps_per_execution,
         proj_head_mode=args.proj_head_mode,
@@ -258,7 +280,15 @@ def main(argv=None) -> dict:
     )
     run = build_run(config, strategy, Sources(train=npz_source(path)))
     model = run.model
-    peak_before = matmul_peak_gflops()
+    onednn = onednn_kernels(dtype)
+
+    def peaks() -> dict:
+        """The yardsticks now: matmul and convolution in the step's dtype, fp32 matmul."""
+        matmul, conv = matmul_peak_gflops(dtype=dtype), conv_peak_gflops(dtype=dtype)
+        fp32 = matmul if dtype == "float32" else matmul_peak_gflops()
+        return {"matmul": matmul, "conv": conv, "matmul_fp32": fp32}
+
+    before = peaks()
 
     batch = config.train.train_batch_size
     x = rng.random((batch, size, size, 6), dtype=np.float32)
@@ -272,9 +302,9 @@ def main(argv=None) -> dict:
     # Peak RSS of the train step alone: taken before the pipeline has run.
     rss = []
     rates = timed_runs(model, datasets, args, after_first=lambda: rss.append(peak_rss_gb()))
-    # The peak is taken before and after the timed windows; the mean stands for the run.
-    peak_after = matmul_peak_gflops()
-    peak = (peak_before + peak_after) / 2
+    # The peaks are taken before and after the timed windows; the mean stands for the run.
+    after = peaks()
+    peak = {k: (before[k] + after[k]) / 2 for k in before}
     pairs_per_s = statistics.median(rates["synthetic"])
     with_pipeline = slowdown = None
     if "pipeline" in rates:
@@ -306,10 +336,24 @@ def main(argv=None) -> dict:
         "peak_rss_gb": round(rss[0], 2),
         "flops_per_pair": flops_per_pair,
         "achieved_gflops": round(achieved, 1),
-        "matmul_peak_gflops": round(peak, 1),
-        "matmul_peak_before_after": [round(peak_before, 1), round(peak_after, 1)],
-        "pct_of_matmul_peak": round(100 * achieved / peak, 1),
-        "pairs_per_s_at_reference_peak": round(pairs_per_s * REFERENCE_PEAK_GFLOPS / peak, 2),
+        # The step's precision (--mixed_precision=auto resolved) and its dtype: the
+        # peaks below are measured in that dtype.
+        "precision": precision,
+        "precision_reason": reason,
+        "compute_dtype": dtype,
+        "matmul_peak_gflops": round(peak["matmul"], 1),
+        "matmul_peak_before_after": [round(before["matmul"], 1), round(after["matmul"], 1)],
+        "pct_of_matmul_peak": round(100 * achieved / peak["matmul"], 1),
+        "conv_peak_gflops": round(peak["conv"], 1),
+        "conv_peak_before_after": [round(before["conv"], 1), round(after["conv"], 1)],
+        "pct_of_conv_peak": round(100 * achieved / peak["conv"], 1),
+        # Scaled by the fp32 matmul peak, whatever the dtype: the host's speed.
+        "fp32_matmul_peak_gflops": round(peak["matmul_fp32"], 1),
+        "pairs_per_s_at_reference_peak": round(
+            pairs_per_s * REFERENCE_PEAK_GFLOPS / peak["matmul_fp32"], 2
+        ),
+        "cpu_features": cpu_features(),
+        "onednn": onednn,
         "cores": cores(),
         "replicas": strategy.num_replicas_in_sync,
         **{k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS},
