@@ -30,6 +30,7 @@ from simclr_tf2.config import Config, ConfigError, validate
 from simclr_tf2.data.sources import DataError
 from simclr_tf2.distribute import Cluster, cluster_of, describe
 from simclr_tf2.export import export_step
+from simclr_tf2.memory import check_memory
 
 
 class TrainingError(RuntimeError):
@@ -145,6 +146,28 @@ def _check_model_dir(config: Config) -> None:
         )
 
 
+def _check_memory(config: Config, strategy: tf.distribute.Strategy, sources) -> None:
+    """Logs the train step's estimated peak memory; raises MemoryCheckError when it
+    exceeds what each replica has (unless --skip_memory_check)."""
+    train = sources.train
+    fit = check_memory(
+        config,
+        strategy,
+        num_classes=train.num_classes,
+        image_shape=train.image_shape,
+        num_examples=train.num_examples,
+    )
+    if fit.fits:
+        logging.info("Memory of the train step: %s.", fit.describe())
+    else:
+        logging.warning(
+            "Memory of the train step: %s; starting anyway (--skip_memory_check); the largest "
+            "batch estimated to fit is %d.",
+            fit.describe(),
+            fit.largest_batch,
+        )
+
+
 def _restore(run: Run, checkpoint: tf.train.Checkpoint) -> int:
     """Resumes from the newest checkpoint in model_dir, else starts from
     --checkpoint; returns the step the run is at."""
@@ -200,6 +223,8 @@ def run(config: Config, strategy: tf.distribute.Strategy | None = None) -> dict 
     _check_model_dir(config)
     released = released_checkpoint(config)
     sources = load_sources(config, strategy.num_replicas_in_sync)
+    if training:
+        _check_memory(config, strategy, sources)
     tf.io.gfile.makedirs(config.model_dir)
     if training and cluster.is_chief:
         write_json(os.path.join(config.model_dir, "config.json"), json.loads(config.to_json()))
