@@ -354,6 +354,11 @@ class RuntimeConfig:
         "callbacks then see every N-th step.",
         range=AT_LEAST_1,
     )
+    skip_memory_check: bool = setting(
+        False,
+        "Start training even when the train step's estimated peak memory exceeds what each "
+        "replica has (the estimate is logged either way).",
+    )
 
 
 # The sub-configs, by the Config attribute that holds each.

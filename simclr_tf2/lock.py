@@ -138,6 +138,9 @@ class ModelDirLock:
         )
 
     def acquire(self) -> None:
+        # A run refused before it writes anything (e.g. the memory check) leaves no
+        # empty model_dir behind: release() removes the folder it created if empty.
+        self._made_dir = not os.path.isdir(self.model_dir)
         os.makedirs(self.model_dir, exist_ok=True)
         self._record = {
             "pid": os.getpid(),
@@ -232,6 +235,9 @@ class ModelDirLock:
             self._beat.join()
         if self.held():
             os.remove(self.path)
+            if getattr(self, "_made_dir", False):
+                with contextlib.suppress(OSError):  # not empty: the run wrote into it
+                    os.rmdir(self.model_dir)
         self._record = None
 
     def __enter__(self) -> ModelDirLock:

@@ -31,6 +31,7 @@ from simclr_tf2.data.sources import DataError
 from simclr_tf2.distribute import Cluster, cluster_of, describe
 from simclr_tf2.export import export_step
 from simclr_tf2.lock import ModelDirLock
+from simclr_tf2.memory import check_memory
 
 
 class TrainingError(RuntimeError):
@@ -149,6 +150,28 @@ def _check_model_dir(config: Config) -> None:
         )
 
 
+def _check_memory(config: Config, strategy: tf.distribute.Strategy, sources) -> None:
+    """Logs the train step's estimated peak memory; raises MemoryCheckError when it
+    exceeds what each replica has (unless --skip_memory_check)."""
+    train = sources.train
+    fit = check_memory(
+        config,
+        strategy,
+        num_classes=train.num_classes,
+        image_shape=train.image_shape,
+        num_examples=train.num_examples,
+    )
+    if fit.fits:
+        logging.info("Memory of the train step: %s.", fit.describe())
+    else:
+        logging.warning(
+            "Memory of the train step: %s; starting anyway (--skip_memory_check); the largest "
+            "batch estimated to fit is %d.",
+            fit.describe(),
+            fit.largest_batch,
+        )
+
+
 @contextlib.contextmanager
 def _one_writer(config: Config, cluster: Cluster):
     """A training run's chief holds model_dir's lock (simclr_tf2/lock.py) to its end.
@@ -230,6 +253,8 @@ def run(config: Config, strategy: tf.distribute.Strategy | None = None) -> dict 
     with _one_writer(config, cluster):
         released = released_checkpoint(config)
         sources = load_sources(config, strategy.num_replicas_in_sync)
+        if training:
+            _check_memory(config, strategy, sources)
         tf.io.gfile.makedirs(config.model_dir)
         if training and cluster.is_chief:
             write_json(os.path.join(config.model_dir, "config.json"), json.loads(config.to_json()))
