@@ -167,7 +167,7 @@ def test_import_tool_writes_a_checkpoint_config_and_export_with_their_outputs(tm
     from simclr_tf2.checkpoints import load_encoder
 
     encoder = load_encoder(checkpoint=str(out))
-    assert encoder.where == str(out / "ckpt-1234") and encoder.image_size == 224
+    assert encoder.where == str(out / "ckpt-1234") and encoder.image_size == 64  # --image_size
     features = encoder(tf.constant(expected("r50_sk1_w025")["inputs"]))["final_avg_pool"]
     ref = expected("r50_sk1_w025")["final_avg_pool"]
     assert np.abs(features.numpy() - ref).max() <= 1e-5 * np.abs(ref).max()
