@@ -231,6 +231,14 @@ def test_embed_gives_the_index_for_sources_without_files_and_refuses_bad_flags(t
         proc = run("tools/embed.py", f"--saved_model={model_dir}", *flags)
         assert proc.returncode == 2, proc.stderr[-2000:]
         assert proc.stderr.strip().splitlines()[-1] == f"embed.py: {line}"
+    # A query that is not an image, checked as a folder's files are, before any embedding.
+    (tmp_path / "notes.jpg").write_text("not an image")
+    proc = run("tools/embed.py", f"--saved_model={model_dir}", f"--query={tmp_path}/notes.jpg")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"embed.py: --query={tmp_path}/notes.jpg: not a JPEG, PNG, GIF or BMP file "
+        "(starts with b'not an i')."
+    )
     proc = run("tools/embed.py", "--saved_model=/no/such/export", f"--out={out}")
     assert proc.returncode == 2
     assert (

@@ -93,10 +93,9 @@ def main() -> int:
         return _fail(mistake)
     started = time.time()
     # After the flags are checked: a mistake is said at once, without loading TensorFlow.
-    import tensorflow as tf
-
     from simclr_tf2.checkpoints import load_encoder
     from simclr_tf2.config import ConfigError
+    from simclr_tf2.data.files import check_image_file
     from simclr_tf2.data.sources import DataError, load_source
     from simclr_tf2.embeddings import embed_source, most_similar, prepare_file
     from tools.linear_eval import image_size_for, progress_line
@@ -111,12 +110,10 @@ def main() -> int:
     image_size = args.image_size or encoder.image_size or image_size_for(source)
     query = None
     if args.query:
-        try:
-            query = prepare_file(args.query, image_size)
-        except tf.errors.OpError as error:
-            return _fail(
-                f"--query={args.query}: not an image TensorFlow can decode ({error.message})."
-            )
+        problem = check_image_file(args.query, decode=True)
+        if problem:
+            return _fail(f"--query={args.query}: {problem}.")
+        query = prepare_file(args.query, image_size)
     try:
         embedded = embed_source(
             encoder,
@@ -128,9 +125,9 @@ def main() -> int:
         )
     except DataError as error:
         return _fail(str(error))
-    ids = embedded.paths if embedded.paths is not None else embedded.index
-    arrays = {"features": embedded.features}
-    arrays["paths" if embedded.paths is not None else "index"] = ids
+    by_path = embedded.paths is not None
+    ids = embedded.paths if by_path else embedded.index
+    arrays = {"features": embedded.features, ("paths" if by_path else "index"): ids}
     if embedded.labels is not None:
         arrays["labels"] = embedded.labels
     if embedded.projections is not None:
@@ -151,10 +148,7 @@ def main() -> int:
         arrays["query_index"], arrays["query_similarity"] = rows, similarity
         result["query"] = args.query
         result["similar"] = [
-            {
-                "path" if embedded.paths is not None else "index": _plain(ids[r]),
-                "similarity": float(s),
-            }
+            {"path" if by_path else "index": ids[r].item(), "similarity": float(s)}
             for r, s in zip(rows, similarity, strict=True)
         ]
         print(f"most similar to {args.query}:")
@@ -168,11 +162,6 @@ def main() -> int:
     result["seconds"] = round(time.time() - started, 1)
     print(json.dumps(result))
     return 0
-
-
-def _plain(value):
-    """A NumPy scalar as a JSON-able Python value."""
-    return value.item() if isinstance(value, np.generic) else value
 
 
 if __name__ == "__main__":
