@@ -4,7 +4,8 @@ the authors' released ones.
 `latest_checkpoint` finds a prefix; `resume_point` the newest checkpoint of a
 model_dir that reads back whole (`unreadable` says why one does not);
 `restore_model` rebuilds a model from a checkpoint and the config.json beside
-it; `initialise` loads `--checkpoint` (ours, a SavedModel export, or the
+it; `load_encoder` gives a trained model's outputs for inference from an
+export or a checkpoint; `initialise` loads `--checkpoint` (ours, a SavedModel export, or the
 authors') into a built model; `load_teacher` gives `--teacher`'s logits;
 `import_authors_checkpoint` writes the authors' checkpoint or SavedModel as one
 of ours.
@@ -16,12 +17,13 @@ import dataclasses
 import json
 import os
 import re
+from collections.abc import Callable
 
 import tensorflow as tf
 from absl import logging
 
 from simclr_tf2.build import build_model, compile_model
-from simclr_tf2.compat import AuthorsCheckpoint, CompatError
+from simclr_tf2.compat import AuthorsCheckpoint, CompatError, load_saved_model
 from simclr_tf2.compat import find as find_authors_checkpoint
 from simclr_tf2.config import Config, ConfigError, validate
 from simclr_tf2.export import export_step, latest_export, restore_from_saved_model
@@ -148,6 +150,78 @@ def load_teacher(path: str, ft_proj_selector: int = 0, image_size: int | None = 
     return (lambda images: loaded.serve(images)["logits_sup"]), int(kernels[0].shape[1]), export
 
 
+@dataclasses.dataclass(frozen=True)
+class Encoder:
+    """A trained model in inference mode: `encoder(images)`, images float32
+    (B, H, W, 3) in [0, 1], returns its outputs (`final_avg_pool`, `proj_head_output`, ...).
+
+    Attributes:
+        call: the function called.
+        where: the export directory or checkpoint prefix it comes from.
+        image_size: the side of the images it was trained on, when known.
+    """
+
+    call: Callable[[tf.Tensor], dict]
+    where: str
+    image_size: int | None
+
+    def __call__(self, images) -> dict:
+        return self.call(images)
+
+
+def load_encoder(saved_model: str | None = None, checkpoint: str | None = None) -> Encoder:
+    """The `Encoder` of an export or of a checkpoint (exactly one of the two).
+
+    Args:
+        saved_model: an export (`model_dir/saved_model/<step>`), a model_dir (its newest
+            export), or one of the authors' SavedModels.
+        checkpoint: a checkpoint prefix or a model_dir (its newest checkpoint; the model
+            is rebuilt from the config.json beside it), or one of the authors' checkpoints.
+
+    Raises:
+        ConfigError: one line naming --saved_model or --checkpoint and the fix.
+    """
+    if bool(saved_model) == bool(checkpoint):
+        raise ConfigError("give one of --saved_model and --checkpoint.")
+    if saved_model:
+        export = latest_export(saved_model)
+        if export is None:
+            raise ConfigError(
+                f"--saved_model={saved_model}: no SavedModel there (give "
+                "model_dir/saved_model/<step> or a model_dir holding exports)."
+            )
+        # Quiet about the gradients of the authors' exports (inference needs none).
+        loaded = load_saved_model(export)
+        size = getattr(loaded, "image_size", None)  # exports before it was recorded: none
+        return Encoder(
+            lambda images: loaded(images, trainable=False),
+            export,
+            None if size is None else int(size.numpy()),
+        )
+    released = authors_checkpoint("checkpoint", checkpoint)
+    try:
+        if released is not None:
+            model = released.build_model()
+            prefix, size = released.variables.prefix, released.default_image_size()
+        else:
+            prefix = latest_checkpoint(checkpoint)
+            if prefix is None:
+                raise ConfigError("no checkpoint there (give model_dir or model_dir/ckpt-<step>).")
+            model = restore_model(prefix)
+            size = read_config(os.path.dirname(prefix)).data.image_size
+    except (ConfigError, CompatError) as error:
+        message = str(error)
+        if not message.startswith("--checkpoint="):
+            message = f"--checkpoint={checkpoint}: {message}"
+        raise ConfigError(message) from None
+
+    @tf.function(reduce_retracing=True)
+    def call(images):
+        return {k: tf.cast(v, tf.float32) for k, v in model(images, training=False).items()}
+
+    return Encoder(call, prefix, size)
+
+
 def authors_checkpoint(flag: str, path: str) -> AuthorsCheckpoint | None:
     """The authors' TF2 checkpoint or SavedModel at `path` (None if it is not theirs);
     ConfigError naming `flag` when it cannot be read."""
@@ -265,7 +339,9 @@ def import_authors_checkpoint(
         tf.train.Checkpoint(model=model, optimizer=model.optimizer), out_dir, max_to_keep=1
     )
     prefix = manager.save(checkpoint_number=step)
-    export = export_step(model, out_dir, step, config.train.keep_hub_module_max)
+    export = export_step(
+        model, out_dir, step, config.train.keep_hub_module_max, config.data.image_size
+    )
     return Imported(released, config, prefix, export, differences)
 
 

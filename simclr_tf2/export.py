@@ -14,6 +14,14 @@
 - `obj.serve(images)` / `obj.train(images)`: the same with `trainable` fixed,
   and the `serving_default` signature; the endpoints `keras.layers.TFSMLayer`
   uses (`call_endpoint="serve", call_training_endpoint="train"`).
+- `obj.serve_bytes(image_bytes)` (signature `serving_bytes`): a (B,) string
+  tensor of encoded images (JPEG, PNG, BMP, GIF; any sizes), and
+  `obj.serve_uint8(images)` (signature `serving_uint8`): uint8 (B, H, W, 3)
+  pixels of any size. Both prepare each image as evaluation does
+  (`simclr_tf2.data.views.eval_view` at `obj.image_size`: centre crop and
+  bicubic resize) and return what `obj.serve` returns, so a consumer (TF
+  Serving, another program) needs no copy of the preprocessing.
+- `obj.image_size`: the side the images are prepared to (int32 variable).
 - `obj.variables`, `obj.trainable_variables`, `obj.regularization_losses`:
   what a consumer needs to fine-tune the loaded model.
 - `obj.variable_paths`: the Keras path of each of `obj.variables`
@@ -34,7 +42,13 @@ import uuid
 import keras
 import tensorflow as tf
 
+from simclr_tf2.data.pipeline import decode_image
+from simclr_tf2.data.views import eval_view
+
 _IMAGES = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
+# Encoded images, one string each (TF Serving's REST API takes them as {"b64": ...}).
+_IMAGE_BYTES = tf.TensorSpec([None], tf.string, name="image_bytes")
+_PIXELS = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
 
 
 def _relative_path(variable) -> str:
@@ -46,8 +60,13 @@ def _as_tf_variables(variables) -> list[tf.Variable]:
     return [v.value if isinstance(v, keras.Variable) else v for v in variables]
 
 
+def default_image_size(model) -> int:
+    """The image size a model's stem is for: 32 with the CIFAR stem, else 224."""
+    return 32 if model.cifar_stem else 224
+
+
 class _HubModule(tf.__internal__.tracking.AutoTrackable):
-    def __init__(self, model):
+    def __init__(self, model, image_size: int):
         super().__init__()
         self.variables = _as_tf_variables(model.variables)
         self.trainable_variables = _as_tf_variables(model.trainable_variables)
@@ -80,6 +99,25 @@ class _HubModule(tf.__internal__.tracking.AutoTrackable):
                 call.get_concrete_function(_IMAGES, trainable, training)
         self.__call__ = call
 
+        # Encoded or uint8 images prepared in the graph, by the function evaluation
+        # uses; one image at a time (each has its own size), then one batch.
+        self.image_size = tf.Variable(image_size, trainable=False, name="image_size")
+        prepared = tf.TensorSpec([image_size, image_size, 3], tf.float32)
+
+        def prepare(images, to_pixels):
+            return tf.map_fn(
+                lambda image: eval_view(to_pixels(image), image_size),
+                images,
+                fn_output_signature=prepared,
+            )
+
+        self.serve_bytes = tf.function(
+            lambda image_bytes: self.serve(prepare(image_bytes, decode_image)), [_IMAGE_BYTES]
+        )
+        self.serve_uint8 = tf.function(
+            lambda images: self.serve(prepare(images, lambda image: image)), [_PIXELS]
+        )
+
 
 def _standalone_copy(model):
     """A copy of `model` outside any strategy, with plain (per-device) batch norm.
@@ -99,15 +137,27 @@ def _standalone_copy(model):
     return copy
 
 
-def export_saved_model(model, path: str) -> str:
-    """Writes `model` (a built SimCLRModel) as a reusable SavedModel at `path`."""
-    module = _HubModule(_standalone_copy(model))
+def export_saved_model(model, path: str, image_size: int | None = None) -> str:
+    """Writes `model` (a built SimCLRModel) as a reusable SavedModel at `path`.
+
+    Args:
+        model: the model.
+        path: where the export goes (replaced whole).
+        image_size: the side `serving_bytes` and `serving_uint8` prepare images to
+            (the run's --image_size); by default `default_image_size(model)`.
+    """
+    module = _HubModule(_standalone_copy(model), image_size or default_image_size(model))
     # Written under a name of this writer's own, then renamed into place: a reader
     # never sees half an export, and two processes exporting the same step at
     # once (a trainer and an --mode=eval watcher) do not write into each other.
     tmp = f"{path.rstrip('/')}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
+        signatures = {
+            "serving_default": module.serve,
+            "serving_bytes": module.serve_bytes,
+            "serving_uint8": module.serve_uint8,
+        }
+        tf.saved_model.save(module, tmp, signatures=signatures)
         try:
             if tf.io.gfile.exists(path):
                 tf.io.gfile.rmtree(path)
@@ -122,11 +172,12 @@ def export_saved_model(model, path: str) -> str:
     return path
 
 
-def export_step(model, model_dir: str, step: int, keep: int) -> str:
-    """Exports to `model_dir/saved_model/<step>/`, keeping the newest `keep` exports."""
+def export_step(model, model_dir: str, step: int, keep: int, image_size: int | None = None) -> str:
+    """Exports to `model_dir/saved_model/<step>/`, keeping the newest `keep` exports
+    (`image_size`: see `export_saved_model`)."""
     root = os.path.join(model_dir, "saved_model")
     tf.io.gfile.makedirs(root)
-    path = export_saved_model(model, os.path.join(root, str(step)))
+    path = export_saved_model(model, os.path.join(root, str(step)), image_size)
     steps = sorted(int(name) for name in _exports(root))
     for old in steps[: max(0, len(steps) - keep)]:
         shutil.rmtree(os.path.join(root, str(old)), ignore_errors=True)

@@ -130,7 +130,13 @@ def evaluate(run: Run, out_dir: str, started: float) -> dict:
 
 
 def _export(run: Run, out_dir: str) -> str:
-    path = export_step(run.model, out_dir, run.step, run.config.train.keep_hub_module_max)
+    path = export_step(
+        run.model,
+        out_dir,
+        run.step,
+        run.config.train.keep_hub_module_max,
+        run.config.data.image_size,
+    )
     logging.info("Exported SavedModel %s", path)
     return path
 

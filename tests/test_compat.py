@@ -162,12 +162,12 @@ def test_import_tool_writes_a_checkpoint_config_and_export_with_their_outputs(tm
         0.0625,
         3,
     )
-    # tools/linear_eval.py and knn_eval.py take the imported directory as --checkpoint.
-    sys.path.insert(0, ROOT)
-    from tools.linear_eval import checkpoint_encoder
+    # tools/linear_eval.py, knn_eval.py and embed.py take the imported directory as
+    # --checkpoint.
+    from simclr_tf2.checkpoints import load_encoder
 
-    prefix, encoder = checkpoint_encoder(str(out))
-    assert prefix == str(out / "ckpt-1234")
+    encoder = load_encoder(checkpoint=str(out))
+    assert encoder.where == str(out / "ckpt-1234") and encoder.image_size == 64  # --image_size
     features = encoder(tf.constant(expected("r50_sk1_w025")["inputs"]))["final_avg_pool"]
     ref = expected("r50_sk1_w025")["final_avg_pool"]
     assert np.abs(features.numpy() - ref).max() <= 1e-5 * np.abs(ref).max()
@@ -230,11 +230,10 @@ def test_an_import_that_computes_other_outputs_than_their_saved_model_writes_not
 
 
 def test_linear_and_knn_tools_take_their_checkpoint():
-    sys.path.insert(0, ROOT)
-    from tools.linear_eval import checkpoint_encoder
+    from simclr_tf2.checkpoints import load_encoder
 
-    prefix, encoder = checkpoint_encoder(fixture("r50_sk1_w025"))
-    assert prefix.endswith("ckpt-1234")
+    encoder = load_encoder(checkpoint=fixture("r50_sk1_w025"))
+    assert encoder.where.endswith("ckpt-1234")
     features = encoder(tf.constant(expected("r50_sk1_w025")["inputs"]))["final_avg_pool"]
     ref = expected("r50_sk1_w025")["final_avg_pool"]
     assert np.abs(features.numpy() - ref).max() <= 1e-5 * np.abs(ref).max()

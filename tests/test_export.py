@@ -22,3 +22,38 @@ def test_an_export_does_not_touch_another_writers_work_in_progress(tmp_path):
     assert sorted(os.listdir(root)) == ["30", "30.tmp"]
     # Exporting the same step again (an eval watcher after the trainer) replaces it whole.
     assert is_saved_model(export_step(model, str(tmp_path), 30, keep=1))
+
+
+def test_serving_signatures_prepare_images_as_the_library_does(tmp_path):
+    import numpy as np
+    import tensorflow as tf
+    from images import rgb
+
+    from simclr_tf2.data.pipeline import decode_image
+    from simclr_tf2.data.views import eval_view
+    from simclr_tf2.export import export_saved_model
+
+    # Above 32 px, so the evaluation view crops before it resizes.
+    size = 40
+    model = SimCLRModel(resnet_depth=18, width_multiplier=0.25, cifar_stem=True)
+    model.build((None, size, size, 3))
+    loaded = tf.saved_model.load(export_saved_model(model, str(tmp_path / "export"), size))
+    assert int(loaded.image_size.numpy()) == size
+    assert {"serving_default", "serving_bytes", "serving_uint8"} <= set(loaded.signatures)
+    # Two images of other sizes and aspects, a JPEG and a PNG, in one batch.
+    encoded = [tf.io.encode_jpeg(rgb(57, 45, seed=1)), tf.io.encode_png(rgb(36, 70, seed=2))]
+    # The same bytes decoded by the library (no second JPEG decoder to differ from).
+    pixels = [decode_image(data) for data in encoded]
+    expected = loaded.signatures["serving_default"](
+        images=tf.stack([eval_view(p, size) for p in pixels])
+    )
+    got = loaded.signatures["serving_bytes"](image_bytes=tf.stack(encoded))
+    assert set(got) == set(expected)
+    # The same ops on the same pixels, traced into another graph: float32 round-off at most.
+    for key in ("final_avg_pool", "proj_head_output"):
+        np.testing.assert_allclose(got[key], expected[key], rtol=0, atol=1e-5, err_msg=key)
+    # uint8 pixels of any size (one size per batch), through the Python attribute too.
+    got = loaded.serve_uint8(pixels[1][None])
+    np.testing.assert_allclose(
+        got["final_avg_pool"], expected["final_avg_pool"][1:], rtol=0, atol=1e-5
+    )

@@ -22,6 +22,7 @@ assert views.shape == (256, 32, 32, 6), views.shape
 
 EXPORT_CHECKS = """
 assert h.shape == (4, 128), h.shape
+assert h_jpeg.shape == (1, 128), h_jpeg.shape
 assert classifier(images).shape == (4, 10)
 assert len(encoder.trainable_weights) > 0
 """

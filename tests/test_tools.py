@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -197,3 +198,104 @@ def test_cifar_study_writes_its_plot_table_and_json(tmp_path):
     assert image.shape[1] > image.shape[0] > 100 and image.std() > 10
     saved = json.loads((out / "study.json").read_text())
     assert saved["curves"]["knn"] and saved["curves"]["pretraining"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A model_dir as a run leaves it (config.json, ckpt-1, saved_model/1) of an untrained
+    ResNet-18 at width 0.25, and a folder of two classes of 32x40 images."""
+    from images import rgb, save
+
+    from simclr_tf2.build import build_model
+    from simclr_tf2.checkpoints import write_json
+    from simclr_tf2.config import Config
+    from simclr_tf2.export import export_step
+
+    root = tmp_path_factory.mktemp("embed")
+    model_dir = str(root / "run")
+    os.makedirs(model_dir)
+    config = Config.from_flags(resnet_depth=18, width_multiplier=0.25, image_size=32)
+    model = build_model(config, None)
+    write_json(os.path.join(model_dir, "config.json"), json.loads(config.to_json()))
+    checkpoint = tf.train.Checkpoint(model=model)
+    tf.train.CheckpointManager(checkpoint, model_dir, 1).save(checkpoint_number=1)
+    export_step(model, model_dir, 1, keep=1, image_size=32)
+    for label, name in enumerate(("cats", "dogs")):
+        for i in range(3):
+            save(str(root / "images" / name / f"{i}.png"), rgb(32, 40, seed=10 * label + i))
+    return model_dir, str(root / "images")
+
+
+def test_embed_writes_features_paths_labels_and_finds_a_duplicate_first(tiny_run, tmp_path):
+    model_dir, images = tiny_run
+    duplicate = str(tmp_path / "query.png")
+    shutil.copy(os.path.join(images, "dogs", "1.png"), duplicate)
+    out = str(tmp_path / "embeddings.npz")
+    proc = run(
+        "tools/embed.py",
+        f"--saved_model={model_dir}",
+        f"--dataset={images}",
+        f"--out={out}",
+        "--projections",
+        "--batch_size=4",  # 6 images: a full batch and a partial one
+        f"--query={duplicate}",
+        "--top_k=3",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = np.load(out)
+    names = [os.path.join(images, c, f"{i}.png") for c in ("cats", "dogs") for i in range(3)]
+    assert list(saved["paths"]) == names
+    np.testing.assert_array_equal(saved["labels"], [0, 0, 0, 1, 1, 1])
+    assert saved["features"].shape == (6, 128) and saved["features"].dtype == np.float32
+    assert saved["projections"].shape == (6, 128)
+    # The exact copy first, at cosine similarity 1 (float32 round-off); then the others.
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["image_size"] == 32 and result["examples"] == 6  # the export's size
+    first, *others = result["similar"]
+    assert first["path"] == names[4] and first["similarity"] == pytest.approx(1, abs=1e-5)
+    assert len(others) == 2 and all(o["similarity"] < first["similarity"] for o in others)
+    assert saved["query_index"][0] == 4 and str(saved["query"]) == duplicate
+    assert f"1.0000  {names[4]}" in proc.stdout
+
+    # From the checkpoint instead: the same weights, so the same features.
+    proc = run("tools/embed.py", f"--checkpoint={model_dir}", f"--dataset={images}", f"--out={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from_checkpoint = np.load(out)
+    assert set(from_checkpoint) == {"features", "paths", "labels"}
+    # A SavedModel's graph is optimised (BN folded into the conv): float32 round-off only.
+    np.testing.assert_allclose(from_checkpoint["features"], saved["features"], rtol=1e-4, atol=1e-5)
+
+
+def test_embed_gives_the_index_for_sources_without_files_and_refuses_bad_flags(tiny_run, tmp_path):
+    model_dir, _ = tiny_run
+    out = str(tmp_path / "digits.npz")
+    proc = run("tools/embed.py", f"--saved_model={model_dir}", "--split=test[:20]", f"--out={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = np.load(out)
+    assert set(saved) == {"features", "index", "labels"}
+    np.testing.assert_array_equal(saved["index"], np.arange(20))
+    assert saved["features"].shape == (20, 128) and saved["labels"].max() < 10
+    for flags, line in (
+        ([f"--out={tmp_path}/x.txt"], f"--out={tmp_path}/x.txt: must end in .npz."),
+        ([f"--out={out}", "--top_k=0"], "--top_k=0: must be positive."),
+        ([f"--query={tmp_path}/none.png"], f"--query={tmp_path}/none.png: no such file."),
+        ([], "give --out=FILE.npz (the embeddings), --query=IMAGE (similar images), or both."),
+    ):
+        proc = run("tools/embed.py", f"--saved_model={model_dir}", *flags)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert proc.stderr.strip().splitlines()[-1] == f"embed.py: {line}"
+    # A query that is not an image, checked as a folder's files are, before any embedding.
+    (tmp_path / "notes.jpg").write_text("not an image")
+    proc = run("tools/embed.py", f"--saved_model={model_dir}", f"--query={tmp_path}/notes.jpg")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"embed.py: --query={tmp_path}/notes.jpg: not a JPEG, PNG, GIF or BMP file "
+        "(starts with b'not an i')."
+    )
+    proc = run("tools/embed.py", "--saved_model=/no/such/export", f"--out={out}")
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith("embed.py: --saved_model=/no/such/export: no SavedModel there")
+    )

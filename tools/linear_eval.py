@@ -32,32 +32,33 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
-from simclr_tf2.compat import load_saved_model  # noqa: E402
-from simclr_tf2.data.pipeline import build_dataset  # noqa: E402
+from simclr_tf2.checkpoints import load_encoder  # noqa: E402
+from simclr_tf2.config import ConfigError  # noqa: E402
 from simclr_tf2.data.sources import DataError, Source, load_source  # noqa: E402
 from simclr_tf2.data.splits import require_held_out  # noqa: E402
-from simclr_tf2.export import latest_export  # noqa: E402
+from simclr_tf2.embeddings import embed_source  # noqa: E402
+
+
+def progress_line(label: str, total: int):
+    """A progress callback (images done) drawing one line on stderr: done/total, images/s."""
+    started = time.time()
+
+    def show(done: int) -> None:
+        rate = done / max(time.time() - started, 1e-9)
+        end = "\n" if done >= total else ""
+        print(f"\r{label}: {done}/{total} images ({rate:.0f}/s)", end=end, file=sys.stderr)
+        sys.stderr.flush()
+
+    return show
 
 
 def features(encoder, source: Source, image_size: int, batch_size: int, label: str):
     """(h, labels) of every example of `source`, with a progress line."""
-    dataset = build_dataset(source, batch_size, image_size, mode="eval")
-    feats, labels, done, started = [], [], 0, time.time()
-    for images, y in dataset:
-        feats.append(encoder(images, trainable=False)["final_avg_pool"].numpy())
-        labels.append(y.numpy())
-        done += len(y)
-        print(
-            f"\r{label}: {done}/{source.num_examples} images "
-            f"({done / (time.time() - started):.0f}/s)",
-            end="",
-            file=sys.stderr,
-            flush=True,
-        )
-    print(file=sys.stderr)
-    return np.concatenate(feats), np.concatenate(labels)
+    embedded = embed_source(
+        encoder, source, image_size, batch_size, progress=progress_line(label, source.num_examples)
+    )
+    return embedded.features, embedded.labels
 
 
 def train_linear(
@@ -95,34 +96,6 @@ def top_k(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
     return float(np.mean(np.any(best == labels[:, None], axis=1)))
 
 
-def checkpoint_encoder(path: str):
-    """(checkpoint path, encoder callable like an export's) from a checkpoint prefix or a
-    model_dir (or a checkpoint of the authors' TF2 code), or a one-line reason it cannot
-    be used."""
-    from simclr_tf2.checkpoints import authors_checkpoint, latest_checkpoint, restore_model
-    from simclr_tf2.config import ConfigError
-
-    try:
-        released = authors_checkpoint("checkpoint", path)
-        if released is not None:
-            # The encoder's weights do not depend on the image size it is built for.
-            encoder = released.build_model().encoder
-            prefix = released.variables.prefix
-        else:
-            prefix = latest_checkpoint(path)
-            if prefix is None:
-                return "no checkpoint there (give model_dir or model_dir/ckpt-<step>)."
-            encoder = restore_model(prefix, encoder_only=True).encoder
-    except ConfigError as error:
-        return str(error)
-
-    @tf.function(reduce_retracing=True)
-    def call(images, trainable=False):
-        return {"final_avg_pool": encoder(images, training=trainable)["final_avg_pool"]}
-
-    return prefix, call
-
-
 def add_source_args(parser: argparse.ArgumentParser) -> None:
     """The export and data flags linear_eval.py and knn_eval.py share."""
     parser.add_argument("--saved_model", help="an export, or a model_dir holding exports")
@@ -142,31 +115,24 @@ def add_source_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch_size", type=int, default=256)
 
 
+def image_size_for(source: Source) -> int:
+    """The images' side if it is 32 px or less, else 224."""
+    side = min(source.image_shape[:2]) if source.image_shape else 224
+    return side if side <= 32 else 224
+
+
 def load_features(args: argparse.Namespace, tool: str, purpose: str):
     """(export, train (x, y), eval (x, y), classes, image size), or an exit status 2
     after one line on stderr naming the flag."""
     if args.batch_size <= 0:
         sys.stderr.write(f"{tool}: --batch_size={args.batch_size}: must be positive.\n")
         return 2
-    if bool(args.saved_model) == bool(args.checkpoint):
-        sys.stderr.write(f"{tool}: give one of --saved_model and --checkpoint.\n")
+    try:
+        encoder = load_encoder(args.saved_model, args.checkpoint)
+    except ConfigError as error:
+        sys.stderr.write(f"{tool}: {error}\n")
         return 2
-    if args.checkpoint:
-        loaded = checkpoint_encoder(args.checkpoint)
-        if isinstance(loaded, str):
-            sys.stderr.write(f"{tool}: --checkpoint={args.checkpoint}: {loaded}\n")
-            return 2
-        export, encoder = loaded
-    else:
-        export = latest_export(args.saved_model)
-        if export is None:
-            sys.stderr.write(
-                f"{tool}: --saved_model={args.saved_model}: no SavedModel there (give "
-                "model_dir/saved_model/<step> or a model_dir holding exports).\n"
-            )
-            return 2
-        # Quiet about the gradients of the authors' exports (inference needs none).
-        encoder = load_saved_model(export)
+    export = encoder.where
     try:
         train_source = load_source(args.dataset, args.train_split, args.data_dir)
         eval_source = load_source(
@@ -181,10 +147,7 @@ def load_features(args: argparse.Namespace, tool: str, purpose: str):
     except DataError as error:
         sys.stderr.write(f"{tool}: {error}\n")
         return 2
-    image_size = args.image_size
-    if not image_size:
-        side = min(train_source.image_shape[:2]) if train_source.image_shape else 224
-        image_size = side if side <= 32 else 224
+    image_size = args.image_size or image_size_for(train_source)
     train = features(encoder, train_source, image_size, args.batch_size, "train")
     evaluation = features(encoder, eval_source, image_size, args.batch_size, "eval")
     if evaluation[1].max() >= train_source.num_classes:
