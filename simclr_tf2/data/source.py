@@ -2,15 +2,20 @@
 
 Examples are dicts with `label` (int64, -1 when unlabelled) and either
 `image` (uint8 H x W x 3) or `encoded` (the file's bytes: JPEG, PNG, BMP or
-GIF), which the pipeline decodes (JPEGs only inside the crop window).
+GIF), which the pipeline decodes (JPEGs only inside the crop window), with the
+file's `path` when it comes from a file of the user's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import tensorflow as tf
+
+if TYPE_CHECKING:
+    from simclr_tf2.data.files import DecodeFailures
 
 
 class DataError(ValueError):
@@ -28,6 +33,10 @@ class Source:
         num_classes: number of classes, or None for unlabelled data.
         image_shape: (H, W, 3) when every image has that shape, else None.
         make_dataset: builds the `tf.data.Dataset` of example dicts.
+        decode_failures: where the pipeline reports an example whose file
+            (`path`) cannot be decoded: it is named, and stops the run or is
+            skipped as the user chose; one for every dataset made from the source,
+            so each file is logged and counted once.
     """
 
     name: str
@@ -36,6 +45,7 @@ class Source:
     num_classes: int | None
     image_shape: tuple[int, int, int] | None
     make_dataset: Callable[[], tf.data.Dataset]
+    decode_failures: DecodeFailures | None = None
 
     def dataset(self) -> tf.data.Dataset:
         return self.make_dataset()
