@@ -27,6 +27,7 @@ from simclr_tf2.assembly import Run, build_run, load_sources, released_checkpoin
 from simclr_tf2.build import num_params
 from simclr_tf2.checkpoints import initialise, resume_point, write_json
 from simclr_tf2.config import Config, ConfigError, validate
+from simclr_tf2.data.files import decode_failure
 from simclr_tf2.data.sources import DataError
 from simclr_tf2.distribute import Cluster, cluster_of, describe
 from simclr_tf2.export import export_step
@@ -80,10 +81,16 @@ def _peers_watched(cluster: Cluster, model_dir: str):
 @contextlib.contextmanager
 def _undecodable_images_named(config: Config):
     """An image that passed the quick header check but cannot be decoded stops the
-    run with what to do, instead of a tf.data traceback."""
+    run with what to do, instead of a tf.data traceback: a file of a folder by its
+    path (`DecodeFailures`), any other image by what the decoder said."""
     try:
         yield
-    except tf.errors.InvalidArgumentError as error:
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
+        named = decode_failure(error)
+        if named is not None:
+            raise named from None
+        if not isinstance(error, tf.errors.InvalidArgumentError):
+            raise
         text = error.message
         if not re.search(r"decod|jpeg|png|gif|bmp|image", text, re.I):
             raise

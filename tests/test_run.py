@@ -219,31 +219,45 @@ def test_image_size_mismatch_with_npz(tmp_path):
     assert "--image_size=224: the images of" in proc.stderr and "use --image_size=32" in proc.stderr
 
 
-def test_an_image_only_decoding_finds_bad_stops_with_what_to_do(tmp_path):
-    from PIL import Image
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_a_file_only_decoding_finds_bad_is_named_and_can_be_skipped(tmp_path, replicas):
+    from tests.images import rgb, save, undecodable_jpeg, undecodable_png
 
+    images = tmp_path / "images"
     for label in ("a", "b"):
-        (tmp_path / "images" / label).mkdir(parents=True)
         for i in range(4):
-            Image.new("RGB", (32, 32), (60 * i, 10, 200)).save(
-                tmp_path / "images" / label / f"{i}.jpg"
-            )
-    jpeg = (tmp_path / "images" / "a" / "0.jpg").read_bytes()
-    # A valid header and end marker around garbage: the default header check passes it.
-    (tmp_path / "images" / "b" / "garbage.jpg").write_bytes(jpeg[:20] + b"\x00" * 500 + jpeg[-2:])
-    proc = run(
+            save(str(images / label / f"{i}.png"), rgb(32, 32, seed=10 * len(label) + i))
+    bad = str(images / "b" / "bad.jpg")
+    undecodable_jpeg(bad)  # passes the default header check
+    undecodable_png(str(images / "a" / "bad.png"))
+    args = [
         *TINY,
-        "--train_batch_size=8",
-        "--train_steps=3",
-        f"--model_dir={tmp_path / 'model'}",
-        f"--dataset={tmp_path / 'images'}",
-    )
+        "--mode=train",
+        "--train_batch_size=4",
+        "--train_steps=6",  # 24 examples: every file comes round at least twice
+        f"--num_logical_cpus={replicas}",
+        f"--dataset={images}",
+    ]
+    os.remove(str(images / "a" / "bad.png"))  # one bad file: the message names it
+    proc = run(*args, f"--model_dir={tmp_path / 'stopped'}")
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     # (libjpeg prints its own complaint too, on the C side.)
     lines = [line for line in proc.stderr.splitlines() if line.startswith("run.py: ")]
     assert len(lines) == 1, proc.stderr[-2000:]
     assert lines[0].startswith(
-        f"run.py: --dataset={tmp_path / 'images'}: an image could not be decoded"
+        f"run.py: 1 bad image file(s) at decode time: {bad}: cannot be decoded ("
     )
-    assert "--verify_images=decode" in lines[0] and "--skip_bad_images" in lines[0]
+    assert "--skip_bad_images" in lines[0]
+
+    undecodable_png(str(images / "a" / "bad.png"))
+    proc = run(*args, "--skip_bad_images", f"--model_dir={tmp_path / 'skipped'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"with {replicas} replica(s)" in proc.stderr
+    skipped = [line for line in proc.stderr.splitlines() if "Skipping bad image" in line]
+    # Named once each (not once per epoch), with the reason, and counted.
+    assert len(skipped) == 2, skipped
+    assert any(f"{bad}: cannot be decoded (" in line for line in skipped)
+    assert any(f"{images / 'a' / 'bad.png'}: cannot be decoded (" in line for line in skipped)
+    assert "2 file(s) skipped so far" in skipped[-1]
+    assert checkpoints(str(tmp_path / "skipped"))[-1] == 6

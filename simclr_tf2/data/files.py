@@ -1,10 +1,14 @@
 """Image files of a folder: which files are images, and checking each one before
-a run (a bad file is named, and stops the run or is skipped as the user chose)."""
+a run (a bad file is named, and stops the run or is skipped as the user chose);
+`DecodeFailures` does the same for a file that fails only when the pipeline
+decodes it."""
 
 from __future__ import annotations
 
 import os
+import re
 import struct
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -66,8 +70,23 @@ def check_image_file(path: str, decode: bool = False) -> str | None:
         try:
             tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
         except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
-            return f"cannot be decoded ({error.message.splitlines()[0]})"
+            return f"cannot be decoded ({_op_problem(error)})"
     return None
+
+
+def _op_problem(error: tf.errors.OpError) -> str:
+    """What a decode op said, without TensorFlow's node and op names."""
+    text = re.sub(r"\{\{.*?\}\}|\[Op:.*$", "", error.message.splitlines()[0])
+    return text.strip() or type(error).__name__
+
+
+def _bad_files_error(bad: list[tuple[str, str]], when: str = "", hint: str = "") -> DataError:
+    listed = "; ".join(f"{f}: {p}" for f, p in bad[:3])
+    more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+    return DataError(
+        f"{len(bad)} bad image file(s){when}: {listed}{more}. Fix or remove them, or pass "
+        f"--skip_bad_images to skip them{hint}."
+    )
 
 
 def verify_files(files: list[str], verify: str, skip_bad_images: bool) -> list[bool]:
@@ -94,14 +113,57 @@ def verify_files(files: list[str], verify: str, skip_bad_images: bool) -> list[b
         len(bad),
     )
     if bad and not skip_bad_images:
-        listed = "; ".join(f"{f}: {p}" for f, p in bad[:3])
-        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
-        raise DataError(
-            f"{len(bad)} bad image file(s): {listed}{more}. Fix or remove them, or pass "
-            "--skip_bad_images to skip them."
-        )
+        raise _bad_files_error(bad)
     for f, p in bad:
         logging.warning("Skipping bad image %s: %s", f, p)
     if bad:
         logging.warning("Skipped %d bad image files of %d.", len(bad), len(files))
     return [p is None for p in problems]
+
+
+# How a DataError raised in a tf.py_function reaches the caller: inside the
+# message of a TensorFlow error, as the exception's name and text.
+_RAISED = re.compile(r"\bDataError: (.+)")
+
+
+class DecodeFailures:
+    """Files that passed the check before the run but fail when the input
+    pipeline decodes them.
+
+    `report(path)` is called (through `tf.py_function`) for each example whose
+    file could not be decoded. It raises `DataError` naming the file, or with
+    `skip` logs the file once, counts it and returns False: the pipeline then
+    drops that example and nothing else.
+    """
+
+    def __init__(self, skip: bool):
+        self.skip = skip
+        self.paths: set[str] = set()
+        self._lock = threading.Lock()
+
+    def report(self, path) -> bool:
+        path = path.numpy().decode() if hasattr(path, "numpy") else str(path)
+        reason = check_image_file(path, decode=True) or "cannot be decoded"
+        if not self.skip:
+            raise _bad_files_error(
+                [(path, reason)],
+                when=" at decode time",
+                hint="; --verify_images=decode finds every such file before training",
+            )
+        with self._lock:
+            if path not in self.paths:
+                self.paths.add(path)
+                logging.warning(
+                    "Skipping bad image %s: %s (at decode time; %d file(s) skipped so far).",
+                    path,
+                    reason,
+                    len(self.paths),
+                )
+        return False
+
+
+def decode_failure(error: tf.errors.OpError) -> DataError | None:
+    """The DataError `DecodeFailures.report` raised inside the input pipeline,
+    when `error` (from `fit` / `evaluate` / iterating the dataset) carries one."""
+    found = _RAISED.search(error.message)
+    return DataError(found.group(1).strip()) if found else None

@@ -6,6 +6,10 @@ which shards it by input pipeline and batches it per replica.
 
 Views are seeded by (seed, shard, position in the stream), so with
 `deterministic=True` a run sees exactly the same views every time.
+
+An image file that passed the check before the run but cannot be decoded stops
+the pipeline with a `DataError` naming it, or, when its source's
+`decode_failures` say to skip, is dropped, counted and logged.
 """
 
 from __future__ import annotations
@@ -13,8 +17,17 @@ from __future__ import annotations
 import tensorflow as tf
 
 from simclr_tf2.data.blur import use_blur_for
+from simclr_tf2.data.crop import decode_and_random_crops, random_resized_crop
+from simclr_tf2.data.files import DecodeFailures
 from simclr_tf2.data.source import Source
-from simclr_tf2.data.views import eval_view, finetune_view, simclr_pair, simclr_pair_jpeg
+from simclr_tf2.data.views import (
+    ViewDraws,
+    eval_view,
+    finetune_view,
+    finish_views,
+    pair_seeds,
+    simclr_pair,
+)
 
 MODES = ("pretrain", "finetune", "eval")
 
@@ -32,8 +45,53 @@ def pixels(example) -> tf.Tensor:
     return example["image"] if "image" in example else decode_image(example["encoded"])
 
 
-def _view_fn(mode: str, image_size: int, color_jitter_strength: float, use_blur: bool):
-    """Returns fn(example, seed) -> view(s) for `mode`."""
+def _attempt(fn, args: tuple, fallback, guarded: bool):
+    """(fn(*args), True), or when `guarded` and fn raises, (fallback, False).
+
+    tf.data's only per-element error handling is `ignore_errors`, so a guarded
+    fn runs in a dataset of this one element. Keep fn to the decode: its
+    function is instantiated for every element, which costs little for a few
+    ops (a crop window's decode and resize) and about a millisecond for a
+    whole view.
+    """
+    if not guarded:
+        return fn(*args), tf.constant(True)
+    tried = tf.data.Dataset.from_tensors(args).map(lambda *a: (fn(*a), True)).ignore_errors()
+    failed = tf.data.Dataset.from_tensors((fallback, False))
+    return tried.concatenate(failed).take(1).get_single_element()
+
+
+def _decoded(encoded, guarded: bool):
+    """(uint8 pixels, ok) of a file's bytes. A file that cannot be decoded
+    gives a blank image, whose views are made and then dropped."""
+    image, ok = _attempt(decode_image, (encoded,), tf.zeros([16, 16, 3], tf.uint8), guarded)
+    image.set_shape([None, None, 3])
+    return image, ok
+
+
+def _pair_crops(encoded, crop_seeds, image_size: int, guarded: bool):
+    """(the two random resized crops of `simclr_pair_jpeg` / `simclr_pair`, ok)
+    of a file's bytes: a JPEG is decoded only in the crops' window."""
+
+    def crops_of_jpeg(jpeg, seeds):
+        return tuple(decode_and_random_crops(jpeg, tf.unstack(seeds), image_size))
+
+    def jpeg():
+        blank = tf.zeros([image_size, image_size, 3])
+        return _attempt(crops_of_jpeg, (encoded, tf.stack(crop_seeds)), (blank, blank), guarded)
+
+    def other():
+        image, ok = _decoded(encoded, guarded)
+        return tuple(random_resized_crop(image, s, image_size) for s in crop_seeds), ok
+
+    return tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+
+
+def _view_fn(
+    mode: str, image_size: int, color_jitter_strength: float, use_blur: bool, guarded: bool
+):
+    """Returns fn(example, seed) -> ((view(s), label), ok) for `mode`; ok is
+    False for a file that could not be decoded (only when `guarded`)."""
     blur = use_blur_for(image_size, use_blur)
 
     def two_views(example, seed):
@@ -42,27 +100,23 @@ def _view_fn(mode: str, image_size: int, color_jitter_strength: float, use_blur:
             views = simclr_pair(
                 example["image"], seed, image_size, color_jitter_strength, blur=blur
             )
-        else:
-            encoded = example["encoded"]
-            views = tf.cond(
-                tf.io.is_jpeg(encoded),
-                lambda: simclr_pair_jpeg(
-                    encoded, seed, image_size, color_jitter_strength, blur=blur
-                ),
-                lambda: simclr_pair(
-                    decode_image(encoded), seed, image_size, color_jitter_strength, blur=blur
-                ),
-            )
-        return views, example["label"]
+            return (views, example["label"]), tf.constant(True)
+        crop_seeds, draws_seeds = pair_seeds(seed)
+        crops, ok = _pair_crops(example["encoded"], crop_seeds, image_size, guarded)
+        draws = [ViewDraws.from_seed(s) for s in draws_seeds]
+        views = finish_views(list(crops), draws, image_size, color_jitter_strength, blur)
+        return (views, example["label"]), ok
 
-    if mode == "pretrain":
-        return two_views
-    if mode == "finetune":
-        return lambda example, seed: (
-            finetune_view(pixels(example), seed, image_size),
-            example["label"],
-        )
-    return lambda example, seed: (eval_view(pixels(example), image_size), example["label"])
+    def one_view(example, seed):
+        if "image" in example:
+            image, ok = example["image"], tf.constant(True)
+        else:
+            image, ok = _decoded(example["encoded"], guarded)
+        if mode == "finetune":
+            return (finetune_view(image, seed, image_size), example["label"]), ok
+        return (eval_view(image, image_size), example["label"]), ok
+
+    return two_views if mode == "pretrain" else one_view
 
 
 def build_dataset(
@@ -109,6 +163,8 @@ def build_dataset(
     # An eval pass keeps the source's order (per-example results line up with it).
     deterministic = deterministic or not training
     ds = source.dataset()
+    # Files of the user's, decoded here: one may fail only now.
+    from_files = {"encoded", "path"} <= set(ds.element_spec)
     if every > 1:
         ds = ds.shard(every, 0)
     pipelines, shard = 1, 0
@@ -131,16 +187,28 @@ def build_dataset(
     if shard_stream:
         ds = ds.shard(pipelines, shard)
         shard = 0  # positions are global: the seeds need no shard
-    view = _view_fn(mode, image_size, color_jitter_strength, use_blur)
+    view = _view_fn(mode, image_size, color_jitter_strength, use_blur, from_files)
+    failures = None
+    if from_files:
+        failures = source.decode_failures or DecodeFailures(skip=False)
 
     def augment_one(index, example):
         stream = tf.constant(seed * 1_000_003 + shard, tf.int64)
-        return view(example, tf.stack([stream, index]))
+        out, ok = view(example, tf.stack([stream, index]))
+        if failures is None:
+            return out
+        # Runs only for a file that failed: names it, and stops or says to drop it.
+        report = lambda: tf.py_function(failures.report, [example["path"]], tf.bool)  # noqa: E731
+        return out, tf.cond(ok, lambda: tf.constant(True), report)
 
     options = tf.data.Options()
     options.deterministic = deterministic
     ds = ds.with_options(options)
     ds = ds.map(augment_one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    if failures is not None:
+        # Only the example that failed is dropped: the batches fill up from the next ones.
+        ds = ds.filter(lambda _, ok: ok)
+        ds = ds.map(lambda out, _: out)
     ds = ds.batch(batch_size, drop_remainder=training)
     return ds.prefetch(tf.data.AUTOTUNE)
 

@@ -2,7 +2,8 @@
 
 Examples are dicts with `label` (int64, -1 when unlabelled) and either
 `image` (uint8 H x W x 3) or `encoded` (the file's bytes: JPEG, PNG, BMP or
-GIF), which the pipeline decodes (JPEGs only inside the crop window).
+GIF), which the pipeline decodes (JPEGs only inside the crop window), with the
+file's `path` when it comes from a file of the user's.
 """
 
 from __future__ import annotations
@@ -10,9 +11,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tensorflow as tf
+
+if TYPE_CHECKING:
+    from simclr_tf2.data.files import DecodeFailures
 
 
 class DataError(ValueError):
@@ -34,6 +39,10 @@ class Source:
             of the dataset (all its splits), so that two sources of the same data share
             an image exactly when they share an id (`shared_examples`); None when
             not known.
+        decode_failures: where the pipeline reports an example whose file
+            (`path`) cannot be decoded: it is named, and stops the run or is
+            skipped as the user chose; one for every dataset made from the source,
+            so each file is logged and counted once.
     """
 
     name: str
@@ -43,6 +52,7 @@ class Source:
     image_shape: tuple[int, int, int] | None
     make_dataset: Callable[[], tf.data.Dataset]
     ids: np.ndarray | None = field(default=None, compare=False, repr=False)
+    decode_failures: DecodeFailures | None = None
 
     def dataset(self) -> tf.data.Dataset:
         return self.make_dataset()

@@ -16,7 +16,13 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from simclr_tf2.data.files import IMAGE_EXTENSIONS, VERIFY_MODES, list_images, verify_files
+from simclr_tf2.data.files import (
+    IMAGE_EXTENSIONS,
+    VERIFY_MODES,
+    DecodeFailures,
+    list_images,
+    verify_files,
+)
 from simclr_tf2.data.source import DataError, Source
 from simclr_tf2.data.splits import (
     SplitError,
@@ -246,7 +252,8 @@ def folder_source(
     class), or a slice ("train[:90%]", "train[90%:]") of a fixed class-stratified
     shuffle of them (`single_split_rows`). Every file is checked first (`check_image_file`;
     `verify_images="decode"` also decodes each one): a bad file stops with its
-    path named, or with `skip_bad_images` is skipped and logged.
+    path named, or with `skip_bad_images` is skipped and logged. So does a file
+    that passes the check but fails when the pipeline decodes it.
     """
     if not os.path.isdir(path):
         raise DataError(f"--dataset={path}: no such directory.")
@@ -310,4 +317,5 @@ def folder_source(
 
         return ds.map(read, num_parallel_calls=tf.data.AUTOTUNE)
 
-    return Source(path, split, len(files), num_classes, None, make, ids)
+    failures = DecodeFailures(skip_bad_images)
+    return Source(path, split, len(files), num_classes, None, make, ids, failures)
