@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from simclr_tf2.build import dtype_policy
+from simclr_tf2.models.resnet import ResNet
 from simclr_tf2.models.simclr import SimCLRModel
 from simclr_tf2.optim import WarmUpAndCosineDecay, build_optimizer
 
@@ -34,12 +35,7 @@ def train(policy="none", jit_compile=False, steps_per_execution=1, optimizer="la
     y = rng.integers(0, 10, BATCH)
     with dtype_policy(policy):
         model = SimCLRModel(
-            num_classes=10,
-            resnet_depth=10,
-            width_multiplier=0.25,
-            cifar_stem=True,
-            temperature=0.5,
-            weight_decay=1e-6,
+            ResNet(10, 0.25, cifar_stem=True), num_classes=10, temperature=0.5, weight_decay=1e-6
         )
         model.build((None, SIZE, SIZE, 3))
         schedule = WarmUpAndCosineDecay(0.5, BATCH, total_steps=100, warmup_steps=0)

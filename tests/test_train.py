@@ -4,12 +4,13 @@ import numpy as np
 import tensorflow as tf
 
 from simclr_tf2.callbacks import CheckpointSaver
+from simclr_tf2.models.resnet import ResNet
 from simclr_tf2.models.simclr import SimCLRModel
 from simclr_tf2.optim import build_optimizer
 
 
 def test_non_finite_loss_stops_without_saving(tmp_path):
-    model = SimCLRModel(num_classes=3, resnet_depth=18, width_multiplier=0.25, cifar_stem=True)
+    model = SimCLRModel(ResNet(18, 0.25, cifar_stem=True), num_classes=3)
     model.build((None, 8, 8, 3))
     model.compile(optimizer=build_optimizer("momentum", 0.1))
     model.optimizer.build(model.trainable_variables)
@@ -31,7 +32,7 @@ def test_non_finite_loss_stops_without_saving(tmp_path):
 
 
 def test_stops_at_the_planned_step(tmp_path):
-    model = SimCLRModel(num_classes=None, resnet_depth=18, width_multiplier=0.25, cifar_stem=True)
+    model = SimCLRModel(ResNet(18, 0.25, cifar_stem=True), num_classes=None)
     model.build((None, 8, 8, 3))
     model.compile(optimizer=build_optimizer("momentum", 0.1))
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), str(tmp_path), 3)
