@@ -86,10 +86,12 @@ class SimCLRModel(keras.Model):
             num_classes=10,
         )
 
-    `simclr_tf2.build.build_model` builds them from a `Config`.
+    `simclr_tf2.build.build_model` builds them from a `Config`. Give the parts
+    unbuilt: the model builds them, so their variables' paths start with its
+    name (`simclr_model/resnet/...`), as the export expects.
 
     Args:
-        encoder: the `ResNet` (or its serialized config), h is its
+        encoder: the `ResNet` (or its serialized config); h is its
             `final_avg_pool`.
         projection_head: the `ProjectionHead` g (or its serialized config);
             None: the default nonlinear 3-layer head to 128 with the
