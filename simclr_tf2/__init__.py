@@ -28,6 +28,7 @@ _EXPORTS = {
     "build_model": "simclr_tf2.build",
     "run": "simclr_tf2.train",
     "nt_xent": "simclr_tf2.losses",
+    "BatchNormSpec": "simclr_tf2.models.batch_norm",
     "ProjectionHead": "simclr_tf2.models.heads",
     "supervised_head": "simclr_tf2.models.heads",
     "ResNet": "simclr_tf2.models.resnet",

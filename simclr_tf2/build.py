@@ -15,6 +15,9 @@ import numpy as np
 from absl import logging
 
 from simclr_tf2.config import Config
+from simclr_tf2.models.batch_norm import BatchNormSpec
+from simclr_tf2.models.heads import ProjectionHead
+from simclr_tf2.models.resnet import ResNet
 from simclr_tf2.models.simclr import SimCLRModel
 from simclr_tf2.optim import WarmUpAndCosineDecay, build_optimizer, warmup_steps_for
 from simclr_tf2.precision import resolve_precision
@@ -44,16 +47,33 @@ def num_params(variables) -> int:
 
 def build_model(config: Config, num_classes: int | None) -> SimCLRModel:
     """The SimCLRModel a config describes, built for its image size (call inside the
-    strategy's scope and `dtype_policy`)."""
+    strategy's scope and `dtype_policy`). The one place that turns `config.model`
+    into the model's parts; their batch norms share one `BatchNormSpec`."""
     m = config.model
+    batch_norm = BatchNormSpec(
+        synchronized=m.global_bn, momentum=m.batch_norm_decay, kernels=m.kernels
+    )
     model = SimCLRModel(
+        ResNet(
+            m.resnet_depth,
+            m.width_multiplier,
+            config.cifar_stem,
+            sk_ratio=m.sk_ratio,
+            se_ratio=m.se_ratio,
+            batch_norm=batch_norm,
+        ),
+        ProjectionHead(m.proj_head_mode, m.proj_out_dim, m.num_proj_layers, batch_norm=batch_norm),
         num_classes=num_classes,
         train_mode=config.train_mode,
-        cifar_stem=config.cifar_stem,
+        ft_proj_selector=m.ft_proj_selector,
+        temperature=m.temperature,
+        hidden_norm=m.hidden_norm,
+        lineareval_while_pretraining=m.lineareval_while_pretraining,
+        fine_tune_after_block=m.fine_tune_after_block,
+        weight_decay=config.optim.weight_decay,
+        zero_init_logits_layer=m.zero_init_logits_layer,
         distill_temperature=config.distill.distill_temperature,
         distill_label_weight=config.distill.distill_label_weight,
-        weight_decay=config.optim.weight_decay,
-        **{f.name: getattr(m, f.name) for f in dataclasses.fields(m)},
     )
     size = config.data.image_size
     model.build((None, size, size, 3))

@@ -34,6 +34,7 @@ crash never leaves half an export under its final name.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -128,7 +129,17 @@ def _standalone_copy(model):
     """
     from simclr_tf2.models.simclr import SimCLRModel  # noqa: PLC0415 (import cycle)
 
-    copy = SimCLRModel.from_config({**model.get_config(), "global_bn": False})
+    def local(part):  # the part's config with per-device batch norm
+        spec = dataclasses.replace(part.batch_norm, synchronized=False)
+        return type(part).from_config({**part.get_config(), "batch_norm": spec})
+
+    copy = SimCLRModel.from_config(
+        {
+            **model.get_config(),
+            "encoder": local(model.encoder),
+            "projection_head": local(model.projection_head),
+        }
+    )
     copy.build((None, None, None, 3))  # the weights do not depend on the image size
     # By path, not by position: the order of batch-norm variables may differ.
     source = {v.path: v for v in model.variables}

@@ -24,6 +24,8 @@ import tensorflow as tf  # noqa: E402
 
 from simclr_tf2.distribute import cpu_strategy  # noqa: E402
 from simclr_tf2.models import kernels  # noqa: E402
+from simclr_tf2.models.batch_norm import BatchNormSpec  # noqa: E402
+from simclr_tf2.models.resnet import ResNet  # noqa: E402
 from simclr_tf2.models.simclr import SimCLRModel  # noqa: E402
 
 GLOBAL_BATCH = 16
@@ -39,15 +41,10 @@ def build(strategy, policy: str, global_bn: bool, switch: str) -> SimCLRModel:
     keras.config.set_dtype_policy(policy)
     try:
         with strategy.scope():
-            model = SimCLRModel(
-                num_classes=10,
-                resnet_depth=10,
-                width_multiplier=0.25,
-                cifar_stem=False,  # the ImageNet stem: a strided 7x7 convolution too
-                global_bn=global_bn,
-                kernels=switch,
-                temperature=0.5,
-            )
+            batch_norm = BatchNormSpec(synchronized=global_bn, kernels=switch)
+            # The ImageNet stem: a strided 7x7 convolution too.
+            encoder = ResNet(10, 0.25, cifar_stem=False, batch_norm=batch_norm)
+            model = SimCLRModel(encoder, num_classes=10, temperature=0.5)
             model.build((None, SIZE, SIZE, 3))
     finally:
         keras.config.set_dtype_policy("float32")

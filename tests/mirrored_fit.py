@@ -21,6 +21,8 @@ import tensorflow as tf  # noqa: E402
 
 from simclr_tf2.distribute import cpu_strategy  # noqa: E402
 from simclr_tf2.losses import nt_xent  # noqa: E402
+from simclr_tf2.models.batch_norm import BatchNormSpec  # noqa: E402
+from simclr_tf2.models.resnet import ResNet  # noqa: E402
 from simclr_tf2.models.simclr import SimCLRModel  # noqa: E402
 from simclr_tf2.optim import WarmUpAndCosineDecay, build_optimizer  # noqa: E402
 
@@ -58,12 +60,10 @@ def main():
 
     keras.utils.set_random_seed(0)
     with strategy.scope():
+        batch_norm = BatchNormSpec(synchronized=not args.no_global_bn)
         model = SimCLRModel(
+            ResNet(10, 0.25, cifar_stem=True, batch_norm=batch_norm),
             num_classes=10,
-            resnet_depth=10,
-            width_multiplier=0.25,
-            cifar_stem=True,
-            global_bn=not args.no_global_bn,
             temperature=0.5,
             weight_decay=1e-4,
         )

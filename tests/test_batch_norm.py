@@ -1,12 +1,14 @@
-"""FusedBatchNormalization: TensorFlow's fused kernel, the same layer as Keras's."""
+"""BatchNormSpec, and FusedBatchNormalization: the fused kernel computing Keras's layer."""
+
+import json
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from simclr_tf2.models.batch_norm import BatchNormSpec
 from simclr_tf2.models.kernels import FusedBatchNormalization
-from simclr_tf2.models.resnet import batch_norm
 
 
 def pair(shape, dtype_policy, center=True, synchronized=True):
@@ -65,14 +67,14 @@ def test_the_fused_kernel_runs_where_it_can():
     """The traced graph holds FusedBatchNormV3 (one op) instead of Keras's moments."""
 
     def ops(dtype, training):
-        layer = batch_norm(global_bn=True)
+        layer = BatchNormSpec(synchronized=True).layer("batch_normalization")
         layer.dtype_policy = keras.DTypePolicy(dtype.name)
         layer.build((4, 3, 3, 2))
         fn = tf.function(lambda x: layer(x, training=training))
         graph = fn.get_concrete_function(tf.TensorSpec((4, 3, 3, 2), dtype)).graph
         return {op.type for op in graph.get_operations()}
 
-    assert isinstance(batch_norm(), FusedBatchNormalization)
+    assert isinstance(BatchNormSpec().layer("batch_normalization"), FusedBatchNormalization)
     assert "FusedBatchNormV3" in ops(tf.float32, True)
     assert "FusedBatchNormV3" in ops(tf.float32, False)
     # float64 has no fused kernel: Keras's own code.
@@ -89,3 +91,22 @@ def test_frozen_layer_uses_moving_statistics_and_still_passes_gradients():
     np.testing.assert_allclose(y_ours, y_keras, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(g_ours[0], g_keras[0], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(ours.moving_mean.numpy(), keras_bn.moving_mean.numpy())
+
+
+def test_spec_round_trips_through_get_config_and_json():
+    spec = BatchNormSpec(synchronized=False, momentum=0.99, epsilon=1e-3, kernels="plain")
+    assert BatchNormSpec.from_config(json.loads(json.dumps(spec.get_config()))) == spec
+    assert BatchNormSpec.get(spec.get_config()) == spec and BatchNormSpec.get(spec) is spec
+    assert BatchNormSpec.get(None) == BatchNormSpec()
+    with pytest.raises(TypeError, match="batch_norm=0.9"):
+        BatchNormSpec.get(0.9)
+    layer = spec.layer("batch_normalization", zero_init=True, center=False)
+    assert type(layer) is keras.layers.BatchNormalization
+    assert (layer.synchronized, layer.momentum, layer.epsilon, layer.center) == (
+        False,
+        0.99,
+        1e-3,
+        False,
+    )
+    layer.build((2, 3))
+    assert not layer.gamma.numpy().any()

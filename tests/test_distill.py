@@ -7,6 +7,9 @@ import tensorflow as tf
 from test_run import TINY, run
 
 from simclr_tf2.losses import distillation_loss
+from simclr_tf2.models.batch_norm import BatchNormSpec
+from simclr_tf2.models.heads import ProjectionHead
+from simclr_tf2.models.resnet import ResNet
 from simclr_tf2.models.simclr import SimCLRModel
 
 
@@ -46,18 +49,13 @@ def colour_teacher(weights):
     return lambda images: tf.reduce_mean(images, axis=(1, 2)) @ w
 
 
-def tiny_student(**kwargs):
-    kwargs = {
-        "num_classes": 4,
-        "train_mode": "distill",
-        "resnet_depth": 18,
-        "width_multiplier": 0.125,
-        "cifar_stem": True,
-        "global_bn": False,
-        "proj_head_mode": "none",
-        **kwargs,
-    }
-    return SimCLRModel(**kwargs)
+def tiny_student(momentum=0.9, **kwargs):
+    batch_norm = BatchNormSpec(synchronized=False, momentum=momentum)
+    return SimCLRModel(
+        ResNet(18, 0.125, cifar_stem=True, batch_norm=batch_norm),
+        ProjectionHead("none", batch_norm=batch_norm),
+        **{"num_classes": 4, "train_mode": "distill", **kwargs},
+    )
 
 
 def kl_to_teacher(model, teacher, images, t):
@@ -86,7 +84,7 @@ def test_student_converges_to_the_teacher():
     colours = rng.uniform(size=(64, 1, 1, 3))
     images = np.clip(colours + rng.normal(0, 0.05, (64, 8, 8, 3)), 0, 1).astype(np.float32)
     teacher = colour_teacher(rng.normal(size=(3, 4)) * 8)
-    model = tiny_student(distill_temperature=1.0, batch_norm_decay=0.5)
+    model = tiny_student(distill_temperature=1.0, momentum=0.5)
     model.set_teacher(teacher)
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
     model.build((None, 8, 8, 3))

@@ -3,11 +3,12 @@
 import os
 
 from simclr_tf2.export import export_step, is_saved_model
+from simclr_tf2.models.resnet import ResNet
 from simclr_tf2.models.simclr import SimCLRModel
 
 
 def test_an_export_does_not_touch_another_writers_work_in_progress(tmp_path):
-    model = SimCLRModel(num_classes=3, resnet_depth=18, width_multiplier=0.25, cifar_stem=True)
+    model = SimCLRModel(ResNet(18, 0.25, cifar_stem=True), num_classes=3)
     model.build((None, 8, 8, 3))
     root = tmp_path / "saved_model"
     # Another process is writing step 30 right now (its temporary directory; the name

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+from simclr_tf2.models.batch_norm import BatchNormSpec
 from simclr_tf2.models.heads import ProjectionHead, num_head_outputs, supervised_head
 
 
@@ -58,6 +59,6 @@ def test_supervised_head():
 
 
 def test_head_config_round_trip():
-    head = ProjectionHead("nonlinear", 64, 2, global_bn=False)
+    head = ProjectionHead("nonlinear", 64, 2, batch_norm=BatchNormSpec(synchronized=False))
     assert ProjectionHead.from_config(head.get_config()).get_config() == head.get_config()
     assert isinstance(head, keras.layers.Layer)

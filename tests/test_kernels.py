@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from simclr_tf2.models import kernels
+from simclr_tf2.models.batch_norm import BatchNormSpec
 from simclr_tf2.models.resnet import ResNet
 from simclr_tf2.models.simclr import SimCLRModel
 
@@ -139,11 +140,15 @@ def test_mixed_bfloat16_step_is_the_same_to_bfloat16s_own_error(steps, replicas,
 def test_switch_is_validated_and_serialized():
     assert kernels.KERNELS == ("auto", "plain")
     with pytest.raises(ValueError, match="kernels='fast'"):
-        ResNet(10, kernels="fast")
-    model = SimCLRModel(resnet_depth=10, width_multiplier=0.125, cifar_stem=True, kernels="plain")
+        BatchNormSpec(kernels="fast")
+    with pytest.raises(ValueError, match="kernels='fast'"):
+        ResNet(10, batch_norm={**BatchNormSpec().get_config(), "kernels": "fast"})
+    plain = BatchNormSpec(kernels="plain")
+    model = SimCLRModel(ResNet(10, 0.125, cifar_stem=True, batch_norm=plain))
     config = model.get_config()
-    assert config["kernels"] == "plain"
-    assert model.encoder.get_config()["kernels"] == "plain"
+    # The default projection head takes the encoder's spec.
+    for part in ("encoder", "projection_head"):
+        assert config[part]["config"]["batch_norm"]["kernels"] == "plain"
     clone = SimCLRModel.from_config(config)
     clone.build((None, 8, 8, 3))
     types = {type(layer) for layer in clone._flatten_layers()}
@@ -155,7 +160,7 @@ def test_switch_is_validated_and_serialized():
 def test_auto_builds_the_kernels_only_without_gpu_or_tpu(monkeypatch, accelerated):
     # The kernels are for CPUs: where TensorFlow sees a GPU or TPU, "auto" is "plain".
     monkeypatch.setattr(kernels, "_accelerated", lambda: accelerated)
-    model = SimCLRModel(resnet_depth=10, width_multiplier=0.125, kernels="auto")
+    model = SimCLRModel(ResNet(10, 0.125, batch_norm=BatchNormSpec(kernels="auto")))
     model.build((None, 16, 16, 3))
     types = {type(layer) for layer in model._flatten_layers()}
     custom = {kernels.FusedBatchNormalization, kernels.PaddedConv2D} & types

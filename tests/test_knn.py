@@ -11,6 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from simclr_tf2.callbacks import KNNMonitor
 from simclr_tf2.knn import knn_accuracy, knn_classify
+from simclr_tf2.models.resnet import ResNet
 from simclr_tf2.models.simclr import SimCLRModel
 from simclr_tf2.optim import build_optimizer
 from tools.linear_eval import top_k, train_linear
@@ -73,9 +74,7 @@ def test_knn_monitor_writes_its_scalar_at_the_requested_steps(tmp_path):
     y = rng.integers(0, 3, 16)
     labelled = tf.data.Dataset.from_tensor_slices((x[..., :3], y)).batch(8)
     keras.utils.set_random_seed(0)
-    model = SimCLRModel(
-        num_classes=3, resnet_depth=18, width_multiplier=0.25, cifar_stem=True, temperature=0.5
-    )
+    model = SimCLRModel(ResNet(18, 0.25, cifar_stem=True), num_classes=3, temperature=0.5)
     model.build((None, 8, 8, 3))
     model.compile(optimizer=build_optimizer("lars", 0.1))
     monitor = KNNMonitor(labelled, labelled, 3, every_steps=2, log_dir=str(tmp_path), k=3)

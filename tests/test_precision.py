@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from simclr_tf2 import Config, build_run
 from simclr_tf2.build import dtype_policy
+from simclr_tf2.models.resnet import ResNet
 from simclr_tf2.models.simclr import SimCLRModel
 from simclr_tf2.optim import WarmUpAndCosineDecay, build_optimizer
 from simclr_tf2.precision import (
@@ -45,12 +46,7 @@ def train(policy="none", jit_compile=False, steps_per_execution=1, optimizer="la
     y = rng.integers(0, 10, BATCH)
     with dtype_policy(policy):
         model = SimCLRModel(
-            num_classes=10,
-            resnet_depth=10,
-            width_multiplier=0.25,
-            cifar_stem=True,
-            temperature=0.5,
-            weight_decay=1e-6,
+            ResNet(10, 0.25, cifar_stem=True), num_classes=10, temperature=0.5, weight_decay=1e-6
         )
         model.build((None, SIZE, SIZE, 3))
         schedule = WarmUpAndCosineDecay(0.5, BATCH, total_steps=100, warmup_steps=0)
@@ -212,9 +208,7 @@ def test_bfloat16_step_is_float32s_to_bfloat16s_own_error():
     models = {}
     for policy in ("none", "mixed_bfloat16"):
         with dtype_policy(policy):
-            models[policy] = SimCLRModel(
-                num_classes=10, resnet_depth=18, width_multiplier=0.25, cifar_stem=True
-            )
+            models[policy] = SimCLRModel(ResNet(18, 0.25, cifar_stem=True), num_classes=10)
             models[policy].build((None, 32, 32, 3))
     exact, mixed = models["none"], models["mixed_bfloat16"]
     for a, b in zip(exact.weights, mixed.weights, strict=True):
@@ -229,7 +223,7 @@ def test_bfloat16_step_is_float32s_to_bfloat16s_own_error():
     assert all(g.dtype == tf.float32 for g in g16)
     flat16, flat32 = (np.concatenate([np.ravel(g) for g in gs]) for gs in (g16, g32))
     assert relative(flat16, flat32) < 0.35  # a wrong term or sign is ~100%
-    momentum = exact.batch_norm_decay
+    momentum = exact.encoder.batch_norm.momentum
     for a, b in zip(exact.weights, mixed.weights, strict=True):
         if a.path in start:
             # (1 - momentum) x the batch statistic: its relative error is the statistic's.
@@ -245,9 +239,7 @@ def test_mixed_bfloat16_trunk_and_its_kernels_compute_in_bfloat16():
     what is float32 by design: batch-norm statistics (FusedBatchNorm's own), the
     supervised head, the loss and the optimizer's update."""
     with dtype_policy("mixed_bfloat16"):
-        model = SimCLRModel(
-            num_classes=10, resnet_depth=10, width_multiplier=0.25, cifar_stem=False
-        )
+        model = SimCLRModel(ResNet(10, 0.25, cifar_stem=False), num_classes=10)
         model.build((None, 16, 16, 3))  # the ImageNet stem: a strided 7x7 convolution too
         model.compile(optimizer=build_optimizer("lars", 0.1, weight_decay=1e-6))
     step = tf.function(model.train_step).get_concrete_function(

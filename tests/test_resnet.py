@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+from simclr_tf2.models.batch_norm import BatchNormSpec
 from simclr_tf2.models.resnet import BLOCK_OUTPUT_NAMES, BLOCK_SPECS, ResNet
 
 
@@ -94,7 +95,9 @@ def test_last_norm_of_each_block_starts_at_zero():
 
 @pytest.mark.parametrize("global_bn", [True, False])
 def test_global_bn_switches_every_norm(global_bn):
-    model = ResNet(18, 0.25, cifar_stem=True, global_bn=global_bn, batch_norm_decay=0.99)
+    model = ResNet(
+        18, 0.25, cifar_stem=True, batch_norm=BatchNormSpec(synchronized=global_bn, momentum=0.99)
+    )
     build(model, 16)
     norms = [
         layer
@@ -107,7 +110,9 @@ def test_global_bn_switches_every_norm(global_bn):
 
 
 def test_config_round_trip():
-    model = ResNet(34, 0.5, cifar_stem=True, global_bn=False, batch_norm_epsilon=1e-3)
+    model = ResNet(
+        34, 0.5, cifar_stem=True, batch_norm=BatchNormSpec(synchronized=False, epsilon=1e-3)
+    )
     clone = ResNet.from_config(model.get_config())
     assert clone.get_config() == model.get_config()
 

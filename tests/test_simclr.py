@@ -5,13 +5,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf2.models.heads import num_head_outputs
-from simclr_tf2.models.resnet import BLOCK_OUTPUT_NAMES
+from simclr_tf2.models.heads import ProjectionHead, num_head_outputs
+from simclr_tf2.models.resnet import BLOCK_OUTPUT_NAMES, ResNet
 from simclr_tf2.models.simclr import SimCLRModel
 from simclr_tf2.optim import LARS, WeightDecay, build_optimizer
 
 SIZE = 8
-TINY = dict(resnet_depth=10, width_multiplier=0.25, cifar_stem=True)
 
 
 def data(n=16, views=2, classes=10, seed=0):
@@ -20,8 +19,16 @@ def data(n=16, views=2, classes=10, seed=0):
     return x, rng.integers(0, classes, n)
 
 
+def simclr(num_classes=10, head=None, **kwargs) -> SimCLRModel:
+    """The tiny model: ResNet-10 x0.25 with a CIFAR stem, the `ProjectionHead` of
+    the arguments `head` (None: the default head), `SimCLRModel`'s `kwargs`."""
+    projection_head = ProjectionHead(**head) if head is not None else None
+    encoder = ResNet(10, 0.25, cifar_stem=True)
+    return SimCLRModel(encoder, projection_head, num_classes=num_classes, **kwargs)
+
+
 def tiny(**kwargs):
-    model = SimCLRModel(**{**TINY, "num_classes": 10, **kwargs})
+    model = simclr(**kwargs)
     model.build((None, SIZE, SIZE, 3))
     return model
 
@@ -113,7 +120,7 @@ def test_weight_decay_with_lars_only_on_supervised_kernel(shared):
     model = tiny(weight_decay=1e-2)
     if shared == "by_build":
         # Compiled first, built (e.g. by fit) afterwards.
-        model = SimCLRModel(**{**TINY, "num_classes": 10, "weight_decay": 1e-2})
+        model = simclr(weight_decay=1e-2)
         model.compile(optimizer=build_optimizer("lars", 0.1, weight_decay=1e-2))
         model.build((None, SIZE, SIZE, 3))
     elif shared == "by_compile":
@@ -181,7 +188,7 @@ def test_fit_reports_every_metric_and_evaluate_top5():
 
 
 def test_pretraining_without_labels():
-    model = SimCLRModel(**TINY, num_classes=None)
+    model = simclr(num_classes=None)
     model.compile(optimizer=build_optimizer("lars", 0.1))
     history = model.fit(data()[0], batch_size=8, epochs=1, verbose=0)
     assert "supervised_loss" not in history.history
@@ -193,15 +200,15 @@ def test_pretraining_without_labels():
     [("none", 3, 0), ("linear", 3, 1), ("nonlinear", 2, 2), ("nonlinear", 3, 1)],
 )
 def test_every_projection_head_mode_pretrains_and_finetunes(mode, layers, selector):
-    kwargs = dict(proj_head_mode=mode, num_proj_layers=layers, proj_out_dim=16)
-    model = tiny(**kwargs)
+    head = dict(proj_head_mode=mode, num_proj_layers=layers, proj_out_dim=16)
+    model = tiny(head=head)
     x, y = data()
     history, _ = fit_two_steps(model, x, y, eager=True)
     assert np.isfinite(history.history["contrast_loss"][-1])
     width = 16 if mode != "none" else model.encoder.output_width
     assert model(x[..., :3])["proj_head_output"].shape == (16, width)
 
-    finetune = tiny(train_mode="finetune", ft_proj_selector=selector, **kwargs)
+    finetune = tiny(train_mode="finetune", ft_proj_selector=selector, head=head)
     history, changed = fit_two_steps(finetune, x[..., :3], y, eager=True)
     assert np.isfinite(history.history["supervised_loss"][-1])
     # The supervised head sits on the selected head layer.
@@ -212,11 +219,12 @@ def test_every_projection_head_mode_pretrains_and_finetunes(mode, layers, select
 
 
 def test_config_round_trip():
-    model = SimCLRModel(**TINY, num_classes=7, temperature=0.2, proj_out_dim=32)
+    model = simclr(num_classes=7, temperature=0.2, head=dict(proj_out_dim=32))
     clone = SimCLRModel.from_config(model.get_config())
     assert clone.get_config() == model.get_config()
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
     assert isinstance(restored, SimCLRModel) and restored.temperature == 0.2
+    assert restored.projection_head.proj_out_dim == 32
 
 
 @pytest.mark.parametrize(
@@ -229,14 +237,14 @@ def test_config_round_trip():
         (dict(train_mode="finetune", num_classes=None), "needs num_classes"),
         (dict(fine_tune_after_block=2), "fine_tune_after_block=2 only applies"),
         (dict(train_mode="finetune", fine_tune_after_block=5), "fine_tune_after_block=5"),
-        (dict(proj_head_mode="linear", ft_proj_selector=2), "ft_proj_selector=2"),
+        (dict(head=dict(proj_head_mode="linear"), ft_proj_selector=2), "ft_proj_selector=2"),
         (dict(temperature=0.0), "temperature=0.0"),
         (dict(weight_decay=-1.0), "weight_decay=-1.0"),
     ],
 )
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        SimCLRModel(**{**TINY, "num_classes": 10, **kwargs})
+        simclr(**kwargs)
 
 
 def test_bad_channel_count():

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from simclr_tf2.models.batch_norm import BatchNormSpec
+from simclr_tf2.models.heads import ProjectionHead
 from simclr_tf2.models.resnet import (
     BottleneckBlock,
     ResNet,
@@ -12,6 +14,8 @@ from simclr_tf2.models.resnet import (
     SqueezeExcitation,
 )
 from simclr_tf2.models.simclr import SimCLRModel
+
+LOCAL_BN = BatchNormSpec(synchronized=False)
 
 
 def n_params(layer) -> int:
@@ -24,7 +28,7 @@ def images(n=2, size=16, seed=0):
 
 @pytest.mark.parametrize("strides", [1, 2])
 def test_selective_kernel_shapes_and_attention_sums_to_one_over_branches(strides):
-    sk = SelectiveKernelConv2D(24, strides, sk_ratio=0.0625, min_dim=8, global_bn=False)
+    sk = SelectiveKernelConv2D(24, strides, sk_ratio=0.0625, min_dim=8, batch_norm=LOCAL_BN)
     x = tf.constant(np.random.default_rng(1).normal(size=(3, 9, 9, 16)), tf.float32)
     y = sk(x, training=True)
     side = 9 if strides == 1 else 5
@@ -45,7 +49,7 @@ def test_selective_kernel_shapes_and_attention_sums_to_one_over_branches(strides
 def test_both_branches_are_3x3_halves_of_one_convolution_and_norm():
     """SimCLRv2's SK: one 3x3 convolution to 2 * filters, one batch norm + ReLU,
     split into the two branches (the authors' code; no dilated branch)."""
-    sk = SelectiveKernelConv2D(4, 2, global_bn=False)
+    sk = SelectiveKernelConv2D(4, 2, batch_norm=LOCAL_BN)
     x = tf.constant(np.random.default_rng(2).normal(size=(2, 11, 11, 3)), tf.float32)
     a, b = sk.branches(x, training=False)
     assert sk.conv.conv.kernel.shape == (3, 3, 3, 8)
@@ -57,16 +61,16 @@ def test_both_branches_are_3x3_halves_of_one_convolution_and_norm():
 
 
 def test_resnet_d_shortcut_pools_at_every_projection_and_counts_the_pad_at_odd_sizes():
-    block = BottleneckBlock(4, 2, use_projection=True, sk_ratio=0.0625, global_bn=False)
+    block = BottleneckBlock(4, 2, use_projection=True, sk_ratio=0.0625, batch_norm=LOCAL_BN)
     x = np.random.default_rng(4).normal(size=(1, 5, 5, 3)).astype(np.float32)
     pooled = block.shortcut_pool(block.shortcut_pad(x)).numpy()
     # Padded by one zero at the end, 2x2 windows at stride 2 divided by 4.
     padded = np.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
     expected = padded.reshape(1, 3, 2, 3, 2, 3).mean(axis=(2, 4))
     np.testing.assert_allclose(pooled, expected, atol=1e-6)
-    stride1 = BottleneckBlock(4, 1, use_projection=True, sk_ratio=0.0625, global_bn=False)
+    stride1 = BottleneckBlock(4, 1, use_projection=True, sk_ratio=0.0625, batch_norm=LOCAL_BN)
     assert stride1.shortcut_pad is None and stride1.shortcut_pool.padding == "same"
-    plain = BottleneckBlock(4, 2, use_projection=True, global_bn=False)
+    plain = BottleneckBlock(4, 2, use_projection=True, batch_norm=LOCAL_BN)
     assert plain.shortcut_pool is None and plain.shortcut_conv.strides == 2
 
 
@@ -114,13 +118,9 @@ def test_parameter_counts_equal_the_authors(
     depth, width, sk_ratio, encoder, whole, zero_initialisers
 ):
     model = SimCLRModel(
+        ResNet(depth, width, sk_ratio=sk_ratio, batch_norm=LOCAL_BN),
+        ProjectionHead("nonlinear", proj_out_dim=128, num_proj_layers=3, batch_norm=LOCAL_BN),
         num_classes=1000,
-        resnet_depth=depth,
-        width_multiplier=width,
-        sk_ratio=sk_ratio,
-        global_bn=False,
-        num_proj_layers=3,
-        proj_out_dim=128,
     )
     model.build((None, 224, 224, 3))  # creates the weights, computes nothing
     assert model.encoder.output_width == 2048 * width
@@ -130,7 +130,7 @@ def test_parameter_counts_equal_the_authors(
 
 
 def test_sk_imagenet_stem_is_resnet_d_and_shortcuts_average_pool():
-    model = ResNet(50, 0.25, sk_ratio=0.0625, global_bn=False)
+    model = ResNet(50, 0.25, sk_ratio=0.0625, batch_norm=LOCAL_BN)
     outputs = model(images(size=64))
     assert outputs["initial_conv"].shape == (2, 32, 32, 16)
     assert outputs["initial_max_pool"].shape == (2, 16, 16, 16)
@@ -151,15 +151,11 @@ def test_sk_imagenet_stem_is_resnet_d_and_shortcuts_average_pool():
 )
 def test_every_depth_with_sk_and_se_trains(depth, sk_ratio, se_ratio):
     model = SimCLRModel(
+        ResNet(
+            depth, 0.125, cifar_stem=True, sk_ratio=sk_ratio, se_ratio=se_ratio, batch_norm=LOCAL_BN
+        ),
+        ProjectionHead("nonlinear", proj_out_dim=8, num_proj_layers=2, batch_norm=LOCAL_BN),
         num_classes=3,
-        resnet_depth=depth,
-        width_multiplier=0.125,
-        cifar_stem=True,
-        sk_ratio=sk_ratio,
-        se_ratio=se_ratio,
-        global_bn=False,
-        proj_out_dim=8,
-        num_proj_layers=2,
     )
     x = np.concatenate([images(4, 16), images(4, 16, seed=1)], axis=-1)
     y = np.array([0, 1, 2, 0])
@@ -181,8 +177,8 @@ def test_every_depth_with_sk_and_se_trains(depth, sk_ratio, se_ratio):
 
 
 def test_sk_se_config_round_trip_and_checkpoint(tmp_path):
-    kwargs = dict(resnet_depth=18, width_multiplier=0.125, cifar_stem=True, global_bn=False)
-    model = SimCLRModel(num_classes=None, sk_ratio=0.0625, se_ratio=0.25, **kwargs)
+    encoder = ResNet(18, 0.125, True, sk_ratio=0.0625, se_ratio=0.25, batch_norm=LOCAL_BN)
+    model = SimCLRModel(encoder, num_classes=None)
     model.build((None, 16, 16, 3))
     clone = SimCLRModel.from_config(model.get_config())
     clone.build((None, 16, 16, 3))

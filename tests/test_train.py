@@ -10,12 +10,13 @@ import pytest
 import tensorflow as tf
 
 from simclr_tf2.callbacks import CheckpointSaver
+from simclr_tf2.models.resnet import ResNet
 from simclr_tf2.models.simclr import SimCLRModel
 from simclr_tf2.optim import build_optimizer
 
 
 def test_non_finite_loss_stops_without_saving(tmp_path):
-    model = SimCLRModel(num_classes=3, resnet_depth=18, width_multiplier=0.25, cifar_stem=True)
+    model = SimCLRModel(ResNet(18, 0.25, cifar_stem=True), num_classes=3)
     model.build((None, 8, 8, 3))
     model.compile(optimizer=build_optimizer("momentum", 0.1))
     model.optimizer.build(model.trainable_variables)
@@ -37,7 +38,7 @@ def test_non_finite_loss_stops_without_saving(tmp_path):
 
 
 def test_stops_at_the_planned_step(tmp_path):
-    model = SimCLRModel(num_classes=None, resnet_depth=18, width_multiplier=0.25, cifar_stem=True)
+    model = SimCLRModel(ResNet(18, 0.25, cifar_stem=True), num_classes=None)
     model.build((None, 8, 8, 3))
     model.compile(optimizer=build_optimizer("momentum", 0.1))
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), str(tmp_path), 3)
@@ -54,7 +55,7 @@ def test_stops_at_the_planned_step(tmp_path):
 def test_a_non_finite_state_behind_a_finite_loss_is_not_saved(tmp_path):
     # The loss a step logs was computed before the step's update: the update can leave
     # non-finite weights behind a finite loss, and that state must not become a checkpoint.
-    model = SimCLRModel(num_classes=None, resnet_depth=18, width_multiplier=0.25, cifar_stem=True)
+    model = SimCLRModel(ResNet(18, 0.25, cifar_stem=True), num_classes=None)
     model.build((None, 8, 8, 3))
     model.compile(optimizer=build_optimizer("momentum", 0.1))
     model.optimizer.build(model.trainable_variables)

@@ -73,7 +73,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--kernels",
         default="auto",
         choices=["auto", "plain"],
-        help="SimCLRModel(kernels=...): the CPU kernels of simclr_tf2.models.kernels where "
+        help="--kernels: the CPU kernels of simclr_tf2.models.kernels where "
         "they apply, or stock Keras layers only (for an A/B of their gain)",
     )
     add("--steps", type=int, default=8, help="steps per timed window")

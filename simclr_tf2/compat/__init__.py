@@ -27,8 +27,10 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from simclr_tf2.build import build_model
 from simclr_tf2.compat.layout import Architecture, infer_architecture, their_layout
 from simclr_tf2.compat.reader import CompatError, find, read_variables
+from simclr_tf2.config import Config
 from simclr_tf2.models.simclr import SimCLRModel
 
 __all__ = ["Architecture", "AuthorsCheckpoint", "CompatError", "find", "load_saved_model"]
@@ -92,7 +94,7 @@ class AuthorsCheckpoint:
         return 32 if self.architecture.cifar_stem else 224
 
     def model_kwargs(self, ft_proj_selector: int = 0) -> dict:
-        """`SimCLRModel` arguments of this architecture.
+        """`SimCLRModel` arguments of this architecture besides its parts.
 
         With `ft_proj_selector` > 0 their supervised head reads that projection-head
         layer, which is this project's fine-tuning mode; with 0 it reads h, which
@@ -102,26 +104,19 @@ class AuthorsCheckpoint:
         return dict(
             num_classes=arch.num_classes,
             train_mode="finetune" if ft_proj_selector and arch.num_classes else "pretrain",
-            resnet_depth=arch.resnet_depth,
-            width_multiplier=arch.width_multiplier,
-            cifar_stem=arch.cifar_stem,
-            sk_ratio=arch.sk_ratio,
-            se_ratio=arch.se_ratio,
-            proj_head_mode=arch.proj_head_mode,
-            proj_out_dim=arch.proj_out_dim,
-            num_proj_layers=arch.num_proj_layers,
             ft_proj_selector=ft_proj_selector,
             lineareval_while_pretraining=arch.num_classes is not None,
         )
 
     def build_model(
-        self, ft_proj_selector: int = 0, image_size: int | None = None, **overrides
+        self, ft_proj_selector: int = 0, image_size: int | None = None, **settings
     ) -> SimCLRModel:
         """A built `SimCLRModel` of this architecture with every weight loaded.
 
-        `overrides` are further `SimCLRModel` arguments (e.g. `global_bn=False`,
-        `temperature`); architecture arguments among them must agree with the
-        checkpoint (the load checks every shape).
+        It is the model a run would build (`simclr_tf2.build.build_model`);
+        `settings` are further run settings by their flag names (e.g.
+        `global_bn=False`, `temperature=0.5`); architecture settings among them must
+        agree with the checkpoint (the load checks every shape).
         """
         size = image_size or self.default_image_size()
         if (size <= 32) != self.architecture.cifar_stem:
@@ -129,8 +124,12 @@ class AuthorsCheckpoint:
             raise CompatError(
                 f"{self.path}: image_size={size} does not fit the checkpoint, which has {stem}."
             )
-        model = SimCLRModel(**{**self.model_kwargs(ft_proj_selector), **overrides})
-        model.build((None, size, size, 3))
+        model_kwargs = self.model_kwargs(ft_proj_selector)
+        num_classes = model_kwargs.pop("num_classes")
+        config = Config.from_flags(
+            image_size=size, **{**self.architecture.flags(), **model_kwargs, **settings}
+        )
+        model = build_model(config, num_classes)
         self.load_into(model)
         return model
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 
 from simclr_tf2.config import num_head_outputs
-from simclr_tf2.models.resnet import BATCH_NORM_EPSILON, batch_norm
+from simclr_tf2.models.batch_norm import BatchNormSpec
 
 
 class LinearLayer(keras.layers.Layer):
@@ -15,7 +15,7 @@ class LinearLayer(keras.layers.Layer):
         units: output width.
         use_bias: learn an offset (the norm's beta when `use_bn`).
         use_bn: follow the Dense with batch norm.
-        global_bn, batch_norm_decay, batch_norm_epsilon, kernels: as in `ResNet`.
+        batch_norm: its `BatchNormSpec` (or its config; None: the defaults).
     """
 
     def __init__(
@@ -23,20 +23,14 @@ class LinearLayer(keras.layers.Layer):
         units: int,
         use_bias: bool = True,
         use_bn: bool = False,
-        global_bn: bool = True,
-        batch_norm_decay: float = 0.9,
-        batch_norm_epsilon: float = BATCH_NORM_EPSILON,
-        kernels: str = "auto",
+        batch_norm: BatchNormSpec | dict | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.units = units
         self.use_bias = use_bias
         self.use_bn = use_bn
-        self.global_bn = global_bn
-        self.batch_norm_decay = batch_norm_decay
-        self.batch_norm_epsilon = batch_norm_epsilon
-        self.kernels = kernels
+        self.batch_norm = BatchNormSpec.get(batch_norm)
         self.dense = keras.layers.Dense(
             units,
             use_bias=use_bias and not use_bn,
@@ -45,14 +39,7 @@ class LinearLayer(keras.layers.Layer):
         )
         self.norm = None
         if use_bn:
-            self.norm = batch_norm(
-                global_bn=global_bn,
-                momentum=batch_norm_decay,
-                epsilon=batch_norm_epsilon,
-                center=use_bias,
-                name="batch_normalization",
-                kernels=kernels,
-            )
+            self.norm = self.batch_norm.layer("batch_normalization", center=use_bias)
 
     def call(self, inputs, training=None):
         x = self.dense(inputs)
@@ -67,15 +54,13 @@ class LinearLayer(keras.layers.Layer):
                 "units": self.units,
                 "use_bias": self.use_bias,
                 "use_bn": self.use_bn,
-                "global_bn": self.global_bn,
-                "batch_norm_decay": self.batch_norm_decay,
-                "batch_norm_epsilon": self.batch_norm_epsilon,
-                "kernels": self.kernels,
+                "batch_norm": self.batch_norm.get_config(),
             }
         )
         return config
 
 
+@keras.saving.register_keras_serializable(package="simclr_tf2")
 class ProjectionHead(keras.layers.Layer):
     """The projection head g that maps h to the space of the contrastive loss.
 
@@ -93,7 +78,8 @@ class ProjectionHead(keras.layers.Layer):
         proj_head_mode: "none", "linear" or "nonlinear".
         proj_out_dim: width of z.
         num_proj_layers: depth of the nonlinear head.
-        global_bn, batch_norm_decay, batch_norm_epsilon, kernels: as in `ResNet`.
+        batch_norm: the `BatchNormSpec` of its layers' norms (or its config;
+            None: the defaults).
     """
 
     def __init__(
@@ -101,12 +87,10 @@ class ProjectionHead(keras.layers.Layer):
         proj_head_mode: str = "nonlinear",
         proj_out_dim: int = 128,
         num_proj_layers: int = 3,
-        global_bn: bool = True,
-        batch_norm_decay: float = 0.9,
-        batch_norm_epsilon: float = BATCH_NORM_EPSILON,
-        kernels: str = "auto",
+        batch_norm: BatchNormSpec | dict | None = None,
         **kwargs,
     ):
+        kwargs.setdefault("name", "projection_head")
         super().__init__(**kwargs)
         if proj_head_mode == "nonlinear" and num_proj_layers < 1:
             raise ValueError(
@@ -118,10 +102,7 @@ class ProjectionHead(keras.layers.Layer):
         self.proj_head_mode = proj_head_mode
         self.proj_out_dim = proj_out_dim
         self.num_proj_layers = num_proj_layers
-        self.global_bn = global_bn
-        self.batch_norm_decay = batch_norm_decay
-        self.batch_norm_epsilon = batch_norm_epsilon
-        self.kernels = kernels
+        self.batch_norm = BatchNormSpec.get(batch_norm)
         self.num_layers = 0
 
     @property
@@ -130,12 +111,6 @@ class ProjectionHead(keras.layers.Layer):
         return [getattr(self, f"nl_{j}") for j in range(self.num_layers)]
 
     def build(self, input_shape):
-        bn_args = dict(
-            global_bn=self.global_bn,
-            batch_norm_decay=self.batch_norm_decay,
-            batch_norm_epsilon=self.batch_norm_epsilon,
-            kernels=self.kernels,
-        )
         if self.proj_head_mode == "linear":
             widths = [self.proj_out_dim]
         elif self.proj_head_mode == "nonlinear":
@@ -145,7 +120,9 @@ class ProjectionHead(keras.layers.Layer):
         last = len(widths) - 1
         for j, width in enumerate(widths):
             # Hidden layers: Dense + BN (+ ReLU in call); the last one: no bias, no beta.
-            layer = LinearLayer(width, use_bias=j < last, use_bn=True, name=f"nl_{j}", **bn_args)
+            layer = LinearLayer(
+                width, use_bias=j < last, use_bn=True, batch_norm=self.batch_norm, name=f"nl_{j}"
+            )
             setattr(self, f"nl_{j}", layer)
         self.num_layers = len(widths)
 
@@ -167,10 +144,7 @@ class ProjectionHead(keras.layers.Layer):
                 "proj_head_mode": self.proj_head_mode,
                 "proj_out_dim": self.proj_out_dim,
                 "num_proj_layers": self.num_proj_layers,
-                "global_bn": self.global_bn,
-                "batch_norm_decay": self.batch_norm_decay,
-                "batch_norm_epsilon": self.batch_norm_epsilon,
-                "kernels": self.kernels,
+                "batch_norm": self.batch_norm.get_config(),
             }
         )
         return config

@@ -14,18 +14,19 @@ becomes ResNet-D's three 3x3 convolutions, and every projection shortcut
 average-pools before its 1x1 convolution; with `se_ratio` > 0 every block ends
 in squeeze-excitation (`SqueezeExcitation`) before the shortcut is added.
 
-With `global_bn=True` every batch norm is `synchronized=True`, so under
-`tf.distribute` its statistics are computed over the global batch and no
-replica can recognise its own examples through per-device statistics.
+Every batch norm is built from one `BatchNormSpec` (`batch_norm=`): with
+`synchronized=True` (`--global_bn`) its statistics are computed over the
+global batch under `tf.distribute`, so no replica can recognise its own
+examples through per-device statistics.
 
-The layers here are plain Keras. With `kernels="auto"` (the default) they ask
-`simclr_tf2.models.kernels` for its CPU performance kernels (fused batch norm,
-a strided convolution and a norm-ReLU-convolution unit with lighter
-gradients), used where those apply; `kernels="plain"` builds stock Keras
-layers only. Same variables and the same function either way.
+The layers here are plain Keras. With the spec's `kernels="auto"` (the
+default) they ask `simclr_tf2.models.kernels` for its CPU performance kernels
+(fused batch norm, a strided convolution and a norm-ReLU-convolution unit with
+lighter gradients), used where those apply; `kernels="plain"` builds stock
+Keras layers only. Same variables and the same function either way.
 
-This module imports nothing else from the package but `models.kernels`, so it
-can be used alone.
+This module imports nothing else from the package but `models.kernels` and
+`models.batch_norm`, so it can be used alone.
 """
 
 from __future__ import annotations
@@ -33,8 +34,7 @@ from __future__ import annotations
 import keras
 
 from simclr_tf2.models import kernels as cpu_kernels
-
-BATCH_NORM_EPSILON = 1e-5
+from simclr_tf2.models.batch_norm import BatchNormSpec
 
 # depth -> (block type, number of blocks in each of the four groups)
 BLOCK_SPECS = {
@@ -57,42 +57,6 @@ BLOCK_OUTPUT_NAMES = (
     "block_group4",
     "final_avg_pool",
 )
-
-
-def batch_norm(
-    *,
-    global_bn: bool = True,
-    momentum: float = 0.9,
-    epsilon: float = BATCH_NORM_EPSILON,
-    zero_init: bool = False,
-    center: bool = True,
-    name: str | None = None,
-    kernels: str = "auto",
-) -> keras.layers.BatchNormalization:
-    """Returns the batch norm used everywhere in SimCLR (trunk and heads).
-
-    Args:
-        global_bn: synchronise the statistics across replicas.
-        momentum: decay of the moving statistics (`batch_norm_decay`).
-        epsilon: added to the variance.
-        zero_init: initialise gamma to zero (last norm of a residual block).
-        center: learn a beta offset.
-        name: layer name; it should contain "batch_normalization" so that the
-            default LARS exclusions match its variables.
-        kernels: "auto" for `kernels.FusedBatchNormalization` (Keras's layer
-            computed by TensorFlow's fused kernel where it can be), "plain"
-            for Keras's own.
-    """
-    args = dict(
-        momentum=momentum,
-        epsilon=epsilon,
-        center=center,
-        gamma_initializer="zeros" if zero_init else "ones",
-        synchronized=global_bn,
-        name=name,
-    )
-    fused = cpu_kernels.fused_batch_norm(kernels, **args)
-    return keras.layers.BatchNormalization(**args) if fused is None else fused
 
 
 class FixedPaddingConv2D(keras.layers.Layer):
@@ -179,7 +143,7 @@ class SelectiveKernelConv2D(keras.layers.Layer):
         strides: 1 or 2.
         sk_ratio: width of the attention descriptor relative to `filters`.
         min_dim: its smallest width.
-        global_bn, batch_norm_decay, batch_norm_epsilon, kernels: as in `ResNet`.
+        batch_norm: as in `ResNet`.
     """
 
     def __init__(
@@ -188,10 +152,7 @@ class SelectiveKernelConv2D(keras.layers.Layer):
         strides: int = 1,
         sk_ratio: float = 0.0625,
         min_dim: int = 32,
-        global_bn: bool = True,
-        batch_norm_decay: float = 0.9,
-        batch_norm_epsilon: float = BATCH_NORM_EPSILON,
-        kernels: str = "auto",
+        batch_norm: BatchNormSpec | dict | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -201,22 +162,15 @@ class SelectiveKernelConv2D(keras.layers.Layer):
         self.strides = strides
         self.sk_ratio = sk_ratio
         self.min_dim = min_dim
-        self.global_bn = global_bn
-        self.batch_norm_decay = batch_norm_decay
-        self.batch_norm_epsilon = batch_norm_epsilon
-        self.kernels = cpu_kernels.check_kernels(kernels)
-        bn_args = dict(
-            global_bn=global_bn,
-            momentum=batch_norm_decay,
-            epsilon=batch_norm_epsilon,
-            kernels=kernels,
-        )
+        self.batch_norm = BatchNormSpec.get(batch_norm)
         # Both branches in one convolution: channels [0, filters) and [filters, 2 * filters).
-        self.conv = FixedPaddingConv2D(2 * filters, 3, strides, kernels=kernels, name="conv2d")
-        self.norm = batch_norm(name="batch_normalization", **bn_args)
+        self.conv = FixedPaddingConv2D(
+            2 * filters, 3, strides, kernels=self.batch_norm.kernels, name="conv2d"
+        )
+        self.norm = self.batch_norm.layer("batch_normalization")
         self.attention_width = max(int(filters * sk_ratio), min_dim)
         self.reduce = _pointwise(self.attention_width, "attention_reduce")
-        self.reduce_norm = batch_norm(name="attention_batch_normalization", **bn_args)
+        self.reduce_norm = self.batch_norm.layer("attention_batch_normalization")
         self.expand = _pointwise(2 * filters, "attention_expand")
 
     def branches(self, inputs, training=None):
@@ -244,10 +198,7 @@ class SelectiveKernelConv2D(keras.layers.Layer):
                 "strides": self.strides,
                 "sk_ratio": self.sk_ratio,
                 "min_dim": self.min_dim,
-                "global_bn": self.global_bn,
-                "batch_norm_decay": self.batch_norm_decay,
-                "batch_norm_epsilon": self.batch_norm_epsilon,
-                "kernels": self.kernels,
+                "batch_norm": self.batch_norm.get_config(),
             }
         )
         return config
@@ -321,22 +272,16 @@ class _Block(keras.layers.Layer):
         filters: int,
         strides: int = 1,
         use_projection: bool = False,
-        global_bn: bool = True,
-        batch_norm_decay: float = 0.9,
-        batch_norm_epsilon: float = BATCH_NORM_EPSILON,
         sk_ratio: float = 0.0,
         se_ratio: float = 0.0,
-        kernels: str = "auto",
+        batch_norm: BatchNormSpec | dict | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.filters = filters
         self.strides = strides
         self.use_projection = use_projection
-        self.kernels = cpu_kernels.check_kernels(kernels)
-        self.global_bn = global_bn
-        self.batch_norm_decay = batch_norm_decay
-        self.batch_norm_epsilon = batch_norm_epsilon
+        self.batch_norm = BatchNormSpec.get(batch_norm)
         self.sk_ratio = sk_ratio
         self.se_ratio = se_ratio
         self.shortcut_pad = self.shortcut_pool = self.shortcut_conv = self.shortcut_norm = None
@@ -377,30 +322,18 @@ class _Block(keras.layers.Layer):
         return [getattr(self, f"bn{i + 1}") for i in range(self.path_length)]
 
     def _norm(self, name: str, zero_init: bool = False) -> keras.layers.BatchNormalization:
-        return batch_norm(
-            global_bn=self.global_bn,
-            momentum=self.batch_norm_decay,
-            epsilon=self.batch_norm_epsilon,
-            zero_init=zero_init,
-            name=name,
-            kernels=self.kernels,
-        )
+        return self.batch_norm.layer(name, zero_init=zero_init)
 
     def _conv(self, filters: int, kernel_size: int, strides: int, name: str) -> FixedPaddingConv2D:
-        return FixedPaddingConv2D(filters, kernel_size, strides, kernels=self.kernels, name=name)
+        return FixedPaddingConv2D(
+            filters, kernel_size, strides, kernels=self.batch_norm.kernels, name=name
+        )
 
     def _spatial_conv(self, filters: int, strides: int, name: str, norm_name: str) -> tuple:
         """(3x3 convolution, its batch norm) for a place followed by ReLU."""
         if self.sk_ratio > 0:
             sk = SelectiveKernelConv2D(
-                filters,
-                strides,
-                self.sk_ratio,
-                global_bn=self.global_bn,
-                batch_norm_decay=self.batch_norm_decay,
-                batch_norm_epsilon=self.batch_norm_epsilon,
-                kernels=self.kernels,
-                name=f"sk_{name}",
+                filters, strides, self.sk_ratio, batch_norm=self.batch_norm, name=f"sk_{name}"
             )
             return sk, None
         return self._conv(filters, 3, strides, name=name), self._norm(norm_name)
@@ -408,7 +341,7 @@ class _Block(keras.layers.Layer):
     def _norm_relu_conv(self, norm, conv, x, training):
         """conv(relu(norm(x))): `kernels.norm_relu_conv` where it applies, else the layers."""
         if isinstance(conv, FixedPaddingConv2D) and conv.built and conv.conv.built:
-            z = cpu_kernels.norm_relu_conv(self.kernels, norm, conv.conv, x, training)
+            z = cpu_kernels.norm_relu_conv(self.batch_norm.kernels, norm, conv.conv, x, training)
             if z is not None:
                 return z
         a = keras.ops.relu(norm(x, training=training))
@@ -447,12 +380,9 @@ class _Block(keras.layers.Layer):
                 "filters": self.filters,
                 "strides": self.strides,
                 "use_projection": self.use_projection,
-                "global_bn": self.global_bn,
-                "batch_norm_decay": self.batch_norm_decay,
-                "batch_norm_epsilon": self.batch_norm_epsilon,
                 "sk_ratio": self.sk_ratio,
                 "se_ratio": self.se_ratio,
-                "kernels": self.kernels,
+                "batch_norm": self.batch_norm.get_config(),
             }
         )
         return config
@@ -524,6 +454,7 @@ class BlockGroup(keras.layers.Layer):
         return x
 
 
+@keras.saving.register_keras_serializable(package="simclr_tf2")
 class ResNet(keras.layers.Layer):
     """ResNet v1 trunk whose call returns every named intermediate output.
 
@@ -532,18 +463,18 @@ class ResNet(keras.layers.Layer):
         width_multiplier: multiplies every layer's number of channels: an
             integer as in the paper (1, 2, 4), or 0.25 / 0.5 for small runs.
         cifar_stem: 3x3 stride-1 stem without max-pool, for images <= 32 px.
-        global_bn: synchronised batch norm across replicas.
-        batch_norm_decay: momentum of the moving statistics.
-        batch_norm_epsilon: batch norm epsilon.
         sk_ratio: selective-kernel ratio (SimCLRv2; 0.0625 recommended); 0 = off.
             Also switches to ResNet-D's stem (unless `cifar_stem`) and
             average-pool projection shortcuts.
         se_ratio: squeeze-excitation ratio (SimCLRv2); 0 = off.
-        kernels: "auto" (default) uses the CPU performance kernels of
-            `simclr_tf2.models.kernels` where they apply (fused batch norm, and
-            lighter gradients for strided convolutions and norm-ReLU-conv
-            units); "plain" builds stock Keras layers with TensorFlow's
-            automatic gradients only. Same variables and function either way.
+        batch_norm: the `BatchNormSpec` of every batch norm (or its config;
+            None: synchronised, momentum 0.9, epsilon 1e-5, kernels "auto").
+            Its `kernels` switch is the whole trunk's: "auto" uses the CPU
+            performance kernels of `simclr_tf2.models.kernels` where they apply
+            (fused batch norm, and lighter gradients for strided convolutions
+            and norm-ReLU-conv units); "plain" builds stock Keras layers with
+            TensorFlow's automatic gradients only. Same variables and function
+            either way.
 
     Call returns a dict with the keys of `BLOCK_OUTPUT_NAMES`;
     `final_avg_pool` is h, the representation.
@@ -554,16 +485,13 @@ class ResNet(keras.layers.Layer):
         depth: int = 50,
         width_multiplier: float = 1,
         cifar_stem: bool = False,
-        global_bn: bool = True,
-        batch_norm_decay: float = 0.9,
-        batch_norm_epsilon: float = BATCH_NORM_EPSILON,
         sk_ratio: float = 0.0,
         se_ratio: float = 0.0,
-        kernels: str = "auto",
+        batch_norm: BatchNormSpec | dict | None = None,
         **kwargs,
     ):
+        kwargs.setdefault("name", "resnet")
         super().__init__(**kwargs)
-        cpu_kernels.check_kernels(kernels)
         if depth not in BLOCK_SPECS:
             raise ValueError(
                 f"resnet_depth={depth} is not supported; use one of {sorted(BLOCK_SPECS)}."
@@ -577,20 +505,11 @@ class ResNet(keras.layers.Layer):
         self.depth = depth
         self.width_multiplier = width_multiplier
         self.cifar_stem = cifar_stem
-        self.global_bn = global_bn
-        self.batch_norm_decay = batch_norm_decay
-        self.batch_norm_epsilon = batch_norm_epsilon
         self.sk_ratio = sk_ratio
         self.se_ratio = se_ratio
-        self.kernels = kernels
+        self.batch_norm = bn = BatchNormSpec.get(batch_norm)
 
-        bn_args = dict(
-            global_bn=global_bn,
-            momentum=batch_norm_decay,
-            epsilon=batch_norm_epsilon,
-            kernels=kernels,
-        )
-        conv = dict(kernels=kernels)
+        conv = dict(kernels=bn.kernels)
         stem_width = self._width(64)
         self.resnet_d_stem = sk_ratio > 0 and not cifar_stem
         if cifar_stem:
@@ -600,9 +519,9 @@ class ResNet(keras.layers.Layer):
             # ResNet-D (He et al., 2019): three 3x3 convolutions instead of one 7x7.
             half = self._width(32)
             self.stem_conv_a = FixedPaddingConv2D(half, 3, 2, name="initial_conv_a", **conv)
-            self.stem_norm_a = batch_norm(name="initial_batch_normalization_a", **bn_args)
+            self.stem_norm_a = bn.layer("initial_batch_normalization_a")
             self.stem_conv_b = FixedPaddingConv2D(half, 3, 1, name="initial_conv_b", **conv)
-            self.stem_norm_b = batch_norm(name="initial_batch_normalization_b", **bn_args)
+            self.stem_norm_b = bn.layer("initial_batch_normalization_b")
             self.stem_conv = FixedPaddingConv2D(stem_width, 3, 1, name="initial_conv", **conv)
             self.stem_pool = keras.layers.MaxPooling2D(
                 3, 2, padding="same", name="initial_max_pool"
@@ -612,18 +531,11 @@ class ResNet(keras.layers.Layer):
             self.stem_pool = keras.layers.MaxPooling2D(
                 3, 2, padding="same", name="initial_max_pool"
             )
-        self.stem_norm = batch_norm(name="initial_batch_normalization", **bn_args)
+        self.stem_norm = bn.layer("initial_batch_normalization")
 
         block_type, counts = BLOCK_SPECS[depth]
         block_cls = ResidualBlock if block_type == "residual" else BottleneckBlock
-        block_args = dict(
-            global_bn=global_bn,
-            batch_norm_decay=batch_norm_decay,
-            batch_norm_epsilon=batch_norm_epsilon,
-            sk_ratio=sk_ratio,
-            se_ratio=se_ratio,
-            kernels=kernels,
-        )
+        block_args = dict(sk_ratio=sk_ratio, se_ratio=se_ratio, batch_norm=bn)
         for g, (base, count) in enumerate(zip((64, 128, 256, 512), counts, strict=True)):
             blocks = [
                 block_cls(
@@ -685,12 +597,9 @@ class ResNet(keras.layers.Layer):
                 "depth": self.depth,
                 "width_multiplier": self.width_multiplier,
                 "cifar_stem": self.cifar_stem,
-                "global_bn": self.global_bn,
-                "batch_norm_decay": self.batch_norm_decay,
-                "batch_norm_epsilon": self.batch_norm_epsilon,
                 "sk_ratio": self.sk_ratio,
                 "se_ratio": self.se_ratio,
-                "kernels": self.kernels,
+                "batch_norm": self.batch_norm.get_config(),
             }
         )
         return config

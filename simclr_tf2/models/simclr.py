@@ -2,7 +2,7 @@
 
 `train_step` and `test_step` work under any `tf.distribute` strategy: every
 replica contrasts its pairs against the projections gathered from all replicas
-(`losses.nt_xent`), batch norm can be synchronised (`global_bn`), and the
+(`losses.nt_xent`), batch norm can be synchronised (`BatchNormSpec`), and the
 per-replica loss is divided by the number of replicas because the optimizer
 sums the replicas' gradients.
 """
@@ -17,7 +17,7 @@ import tensorflow as tf
 from simclr_tf2.config import TRAIN_MODES
 from simclr_tf2.losses import distillation_loss, nt_xent
 from simclr_tf2.models.heads import ProjectionHead, num_head_outputs, supervised_head
-from simclr_tf2.models.resnet import BATCH_NORM_EPSILON, ResNet
+from simclr_tf2.models.resnet import ResNet
 from simclr_tf2.optim.weight_decay import WeightDecay, supervised_head_paths
 
 
@@ -27,6 +27,18 @@ class _Untracked:
 
     def __init__(self, fn):
         self.fn = fn
+
+
+def _serialize(part: keras.layers.Layer) -> dict:
+    """A part's serialized config, without its build config: deserialized, it is
+    built by the model, so its variables keep the model's paths."""
+    config = keras.saving.serialize_keras_object(part)
+    config.pop("build_config", None)
+    return config
+
+
+def _deserialize(part: keras.layers.Layer | dict) -> keras.layers.Layer:
+    return keras.saving.deserialize_keras_object(part) if isinstance(part, dict) else part
 
 
 def _l2_loss(variable) -> tf.Tensor:
@@ -64,16 +76,28 @@ class SimCLRModel(keras.Model):
     plus `distill_label_weight` times the supervised loss when that weight is
     positive (labels needed then; otherwise labels are ignored in training).
 
+    The network comes in parts, each with its own arguments; its batch norms
+    follow the parts' `BatchNormSpec`:
+
+        spec = BatchNormSpec(synchronized=False)
+        model = SimCLRModel(
+            ResNet(18, 0.5, cifar_stem=True, batch_norm=spec),
+            ProjectionHead("nonlinear", 128, 3, batch_norm=spec),
+            num_classes=10,
+        )
+
+    `simclr_tf2.build.build_model` builds them from a `Config`. Give the parts
+    unbuilt: the model builds them, so their variables' paths start with its
+    name (`simclr_model/resnet/...`), as the export expects.
+
     Args:
+        encoder: the `ResNet` (or its serialized config); h is its
+            `final_avg_pool`.
+        projection_head: the `ProjectionHead` g (or its serialized config);
+            None: the default nonlinear 3-layer head to 128 with the
+            encoder's `BatchNormSpec`.
         num_classes: classes of the supervised head; None for no head.
         train_mode: "pretrain", "finetune" or "distill".
-        resnet_depth, width_multiplier, cifar_stem, sk_ratio, se_ratio: the
-            encoder (see `ResNet`).
-        global_bn: synchronised batch norm in the encoder and the heads.
-        batch_norm_decay, batch_norm_epsilon: batch norm settings.
-        kernels: "auto" or "plain": CPU performance kernels where they apply,
-            or stock Keras layers only, in the encoder and heads (see `ResNet`).
-        proj_head_mode, proj_out_dim, num_proj_layers: the projection head.
         ft_proj_selector: which head output feeds the supervised head when
             fine-tuning (0 = h, i = the i-th head layer).
         temperature: NT-Xent temperature.
@@ -98,20 +122,10 @@ class SimCLRModel(keras.Model):
 
     def __init__(
         self,
+        encoder: ResNet | dict,
+        projection_head: ProjectionHead | dict | None = None,
         num_classes: int | None = None,
         train_mode: str = "pretrain",
-        resnet_depth: int = 50,
-        width_multiplier: float = 1,
-        cifar_stem: bool = False,
-        sk_ratio: float = 0.0,
-        se_ratio: float = 0.0,
-        global_bn: bool = True,
-        batch_norm_decay: float = 0.9,
-        batch_norm_epsilon: float = BATCH_NORM_EPSILON,
-        kernels: str = "auto",
-        proj_head_mode: str = "nonlinear",
-        proj_out_dim: int = 128,
-        num_proj_layers: int = 3,
         ft_proj_selector: int = 0,
         temperature: float = 0.1,
         hidden_norm: bool = True,
@@ -140,11 +154,17 @@ class SimCLRModel(keras.Model):
                 f"fine_tune_after_block={fine_tune_after_block} only applies to "
                 "train_mode='finetune'; use -1 when pretraining."
             )
-        max_selector = num_head_outputs(proj_head_mode, num_proj_layers)
+        encoder = _deserialize(encoder)
+        if projection_head is None:
+            head = ProjectionHead(batch_norm=encoder.batch_norm)
+        else:
+            head = _deserialize(projection_head)
+        max_selector = num_head_outputs(head.proj_head_mode, head.num_proj_layers)
         if not 0 <= ft_proj_selector <= max_selector:
             raise ValueError(
-                f"ft_proj_selector={ft_proj_selector} must be in [0, {max_selector}] "
-                f"for proj_head_mode={proj_head_mode!r} with num_proj_layers={num_proj_layers}."
+                f"ft_proj_selector={ft_proj_selector} must be in [0, {max_selector}] for "
+                f"proj_head_mode={head.proj_head_mode!r} with "
+                f"num_proj_layers={head.num_proj_layers}."
             )
         if temperature <= 0:
             raise ValueError(f"temperature={temperature} must be positive.")
@@ -157,18 +177,6 @@ class SimCLRModel(keras.Model):
 
         self.num_classes = num_classes
         self.train_mode = train_mode
-        self.resnet_depth = resnet_depth
-        self.width_multiplier = width_multiplier
-        self.cifar_stem = cifar_stem
-        self.sk_ratio = sk_ratio
-        self.se_ratio = se_ratio
-        self.global_bn = global_bn
-        self.batch_norm_decay = batch_norm_decay
-        self.batch_norm_epsilon = batch_norm_epsilon
-        self.kernels = kernels
-        self.proj_head_mode = proj_head_mode
-        self.proj_out_dim = proj_out_dim
-        self.num_proj_layers = num_proj_layers
         self.ft_proj_selector = ft_proj_selector
         self.temperature = temperature
         self.hidden_norm = hidden_norm
@@ -180,24 +188,8 @@ class SimCLRModel(keras.Model):
         self.distill_label_weight = distill_label_weight
         self._teacher = _Untracked(None)
 
-        bn_args = dict(
-            global_bn=global_bn,
-            batch_norm_decay=batch_norm_decay,
-            batch_norm_epsilon=batch_norm_epsilon,
-            kernels=kernels,
-        )
-        self.encoder = ResNet(
-            resnet_depth,
-            width_multiplier,
-            cifar_stem,
-            sk_ratio=sk_ratio,
-            se_ratio=se_ratio,
-            name="resnet",
-            **bn_args,
-        )
-        self.projection_head = ProjectionHead(
-            proj_head_mode, proj_out_dim, num_proj_layers, name="projection_head", **bn_args
-        )
+        self.encoder = encoder
+        self.projection_head = head
         self.supervised_head = None
         if num_classes and (train_mode != "pretrain" or lineareval_while_pretraining):
             self.supervised_head = supervised_head(num_classes, zero_init_logits_layer)
@@ -482,19 +474,9 @@ class SimCLRModel(keras.Model):
         config.update(
             {
                 "num_classes": self.num_classes,
+                "encoder": _serialize(self.encoder),
+                "projection_head": _serialize(self.projection_head),
                 "train_mode": self.train_mode,
-                "resnet_depth": self.resnet_depth,
-                "width_multiplier": self.width_multiplier,
-                "cifar_stem": self.cifar_stem,
-                "sk_ratio": self.sk_ratio,
-                "se_ratio": self.se_ratio,
-                "global_bn": self.global_bn,
-                "batch_norm_decay": self.batch_norm_decay,
-                "batch_norm_epsilon": self.batch_norm_epsilon,
-                "kernels": self.kernels,
-                "proj_head_mode": self.proj_head_mode,
-                "proj_out_dim": self.proj_out_dim,
-                "num_proj_layers": self.num_proj_layers,
                 "ft_proj_selector": self.ft_proj_selector,
                 "temperature": self.temperature,
                 "hidden_norm": self.hidden_norm,
