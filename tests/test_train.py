@@ -15,8 +15,10 @@ from simclr_tf2.models.simclr import SimCLRModel
 from simclr_tf2.optim import build_optimizer
 
 
-def test_non_finite_loss_stops_without_saving(tmp_path):
-    model = SimCLRModel(ResNet(18, 0.25, cifar_stem=True), num_classes=3)
+def _saver_at_step_5(tmp_path, num_classes):
+    """A small built model, its checkpoint manager in tmp_path and a CheckpointSaver,
+    at optimizer step 5."""
+    model = SimCLRModel(ResNet(18, 0.25, cifar_stem=True), num_classes=num_classes)
     model.build((None, 8, 8, 3))
     model.compile(optimizer=build_optimizer("momentum", 0.1))
     model.optimizer.build(model.trainable_variables)
@@ -26,6 +28,11 @@ def test_non_finite_loss_stops_without_saving(tmp_path):
     saver = CheckpointSaver(manager, total_steps=100)
     saver.set_model(model)
     model.optimizer.iterations.assign(5)
+    return model, manager, saver
+
+
+def test_non_finite_loss_stops_without_saving(tmp_path):
+    model, manager, saver = _saver_at_step_5(tmp_path, num_classes=3)
     saver.on_train_batch_end(0, {"total_loss": 1.5})
     saver.on_epoch_end(0)
     assert manager.latest_checkpoint.endswith("ckpt-5") and not model.stop_training
@@ -55,16 +62,7 @@ def test_stops_at_the_planned_step(tmp_path):
 def test_a_non_finite_state_behind_a_finite_loss_is_not_saved(tmp_path):
     # The loss a step logs was computed before the step's update: the update can leave
     # non-finite weights behind a finite loss, and that state must not become a checkpoint.
-    model = SimCLRModel(ResNet(18, 0.25, cifar_stem=True), num_classes=None)
-    model.build((None, 8, 8, 3))
-    model.compile(optimizer=build_optimizer("momentum", 0.1))
-    model.optimizer.build(model.trainable_variables)
-    manager = tf.train.CheckpointManager(
-        tf.train.Checkpoint(model=model, optimizer=model.optimizer), str(tmp_path), 3
-    )
-    saver = CheckpointSaver(manager, total_steps=100)
-    saver.set_model(model)
-    model.optimizer.iterations.assign(5)
+    model, manager, saver = _saver_at_step_5(tmp_path, num_classes=None)
     saver.on_epoch_end(0)
     assert manager.latest_checkpoint.endswith("ckpt-5")
 
