@@ -63,7 +63,7 @@ def _as_tf_variables(variables) -> list[tf.Variable]:
 
 def default_image_size(model) -> int:
     """The image size a model's stem is for: 32 with the CIFAR stem, else 224."""
-    return 32 if model.cifar_stem else 224
+    return 32 if model.encoder.cifar_stem else 224
 
 
 class _HubModule(tf.__internal__.tracking.AutoTrackable):

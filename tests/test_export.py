@@ -36,7 +36,7 @@ def test_serving_signatures_prepare_images_as_the_library_does(tmp_path):
 
     # Above 32 px, so the evaluation view crops before it resizes.
     size = 40
-    model = SimCLRModel(resnet_depth=18, width_multiplier=0.25, cifar_stem=True)
+    model = SimCLRModel(ResNet(18, 0.25, cifar_stem=True))
     model.build((None, size, size, 3))
     loaded = tf.saved_model.load(export_saved_model(model, str(tmp_path / "export"), size))
     assert int(loaded.image_size.numpy()) == size

@@ -144,7 +144,7 @@ def test_skip_bad_images_drops_exactly_the_undecodable_files(folder_with_undecod
 
 def test_guarded_views_are_the_views_of_the_library(tmp_path):
     """The decode guard changes nothing for a file that decodes: same seed, same views."""
-    from simclr_tf2.data.pipeline import _view_fn
+    from simclr_tf2.data.pipeline import view_function
     from simclr_tf2.data.views import simclr_pair, simclr_pair_jpeg
 
     save(str(tmp_path / "a.jpg"), rgb(48, 40, seed=5), "JPEG")
@@ -156,6 +156,6 @@ def test_guarded_views_are_the_views_of_the_library(tmp_path):
     ]:
         data = tf.io.read_file(str(tmp_path / name))
         example = {"encoded": data, "path": tf.constant(name), "label": tf.constant(0, tf.int64)}
-        (views, _), ok = _view_fn("pretrain", 32, 1.0, False, guarded=True)(example, seed)
+        (views, _), ok = view_function("pretrain", 32, 1.0, False, guarded=True)(example, seed)
         assert bool(ok)
         np.testing.assert_array_equal(views.numpy(), direct(data).numpy())

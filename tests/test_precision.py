@@ -164,7 +164,9 @@ def test_auto_on_this_host_follows_its_cpu_flags_and_build_run_logs_why(caplog):
         train_steps=1,
         mixed_precision="auto",
     )
-    with caplog.at_level(logging.INFO):
+    # The absl logger's own level too: a test before this one in the same process may
+    # have set absl's verbosity above INFO (run.py's main does).
+    with caplog.at_level(logging.INFO), caplog.at_level(logging.INFO, logger="absl"):
         run = build_run(config)
     assert run.precision == policy
     assert run.model.encoder.dtype_policy.compute_dtype == compute_dtype(policy)

@@ -87,7 +87,7 @@ def _pair_crops(encoded, crop_seeds, image_size: int, guarded: bool):
     return tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
 
 
-def _view_fn(
+def view_function(
     mode: str, image_size: int, color_jitter_strength: float, use_blur: bool, guarded: bool
 ):
     """Returns fn(example, seed) -> ((view(s), label), ok) for `mode`; ok is
@@ -187,7 +187,7 @@ def build_dataset(
     if shard_stream:
         ds = ds.shard(pipelines, shard)
         shard = 0  # positions are global: the seeds need no shard
-    view = _view_fn(mode, image_size, color_jitter_strength, use_blur, from_files)
+    view = view_function(mode, image_size, color_jitter_strength, use_blur, from_files)
     failures = None
     if from_files:
         failures = source.decode_failures or DecodeFailures(skip=False)
