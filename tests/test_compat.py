@@ -275,7 +275,10 @@ def runs(tmp_path_factory):
     """run.py cases in one process (tests/run_many.py): {case: (exit code, stderr, model_dir)}."""
     base = tmp_path_factory.mktemp("runs")
     r18 = fixture("r18_cifar_w025")
-    damaged = _rewrite(os.path.join(r18, "ckpt-1234"), str(base / "damaged"), **BROKEN["deleted"])
+    # Not named like a case: each case's model_dir is base/<case>, created (locked) first.
+    damaged = _rewrite(
+        os.path.join(r18, "ckpt-1234"), str(base / "damaged_ckpt"), **BROKEN["deleted"]
+    )
     from simclr_tf2.checkpoints import import_authors_checkpoint
 
     imported = import_authors_checkpoint(r18, str(base / "imported_r18")).checkpoint

@@ -3,7 +3,7 @@
 For each configuration a subprocess builds the run as run.py does
 (`assembly.build_run`, on an .npz file of random images of the configuration's
 size) and trains `--steps` steps through `model.fit` on the real input pipeline;
-the subprocess's peak resident memory (the kernel's ru_maxrss, via os.wait4) is
+the subprocess's peak resident memory (VmHWM, which the subprocess reports of itself) is
 the measured peak, next to the estimate `simclr_tf2.memory.estimate` makes for
 the same settings. Checkpoints, TensorBoard and the export are left out (they
 come after the steps, and the export alone takes minutes on 2 cores). One
@@ -93,18 +93,27 @@ def train_one(settings: dict, data: str, steps: int) -> None:
     config = Config.from_flags(train_steps=steps, **settings)
     run = build_run(config, strategy, Sources(train=npz_source(data)))
     run.model.fit(run.train_dataset(), steps_per_epoch=steps, epochs=1, verbose=0)
+    # The peak of this process's own memory map (VmHWM starts afresh at exec). The
+    # parent's ru_maxrss of a child would not do: Linux carries the forking parent's
+    # high-water mark into the child's across exec, so a large parent (a test worker
+    # that ran other tests) would be measured instead.
+    with open("/proc/self/status") as status:
+        peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    print(f"VmHWM_KB {peak_kb}", flush=True)
 
 
 def peak_rss_of(command: list[str]) -> tuple[float, float]:
-    """(peak resident GB, seconds) of `command` run to its end (ru_maxrss via os.wait4)."""
+    """(peak resident GB, seconds) of `command` run to its end: the VmHWM the
+    measured process reports of itself (see `train_one`)."""
     started = time.time()
-    with tempfile.TemporaryFile("w+") as log:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT)
-        _, status, usage = os.wait4(process.pid, 0)
-        if os.waitstatus_to_exitcode(status):
+    with tempfile.TemporaryFile("w+") as log, tempfile.TemporaryFile("w+") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=log, cwd=ROOT)
+        if process.wait():
             log.seek(0)
             raise RuntimeError(f"{' '.join(command)} failed:\n{log.read()[-3000:]}")
-    return usage.ru_maxrss * 1024 / 1e9, time.time() - started
+        out.seek(0)
+        peak_kb = int(next(line for line in out if line.startswith("VmHWM_KB ")).split()[1])
+    return peak_kb * 1024 / 1e9, time.time() - started
 
 
 def estimate_for(settings: dict, num_examples: int):
