@@ -90,6 +90,7 @@ class ModelDirLock:
         self._record = None
         self._stop = threading.Event()
         self._beat = None
+        self._made_dir = False  # acquire() created model_dir
 
     def _read(self, path: str | None = None) -> dict | None:
         try:
@@ -235,7 +236,7 @@ class ModelDirLock:
             self._beat.join()
         if self.held():
             os.remove(self.path)
-            if getattr(self, "_made_dir", False):
+            if self._made_dir:
                 with contextlib.suppress(OSError):  # not empty: the run wrote into it
                     os.rmdir(self.model_dir)
         self._record = None
