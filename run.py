@@ -85,7 +85,9 @@ def main(argv) -> int:
         sys.stderr.write(f"run.py: {error}\n")
         return 2
     except (train.TrainingError, train.WorkerLostError) as error:
-        logging.error("%s", error)
+        # One line on the terminal; a log file (--log_dir) gets it as well.
+        if logging.get_absl_handler().python_handler.stream is not sys.stderr:
+            logging.error("%s", error)
         sys.stderr.write(f"run.py: {error}\n")
         return 1
     if cluster_of(strategy).is_chief:

@@ -106,6 +106,8 @@ def test_run_py_stops_at_the_first_non_finite_step_and_keeps_the_last_good(tmp_p
         last,
     )
     assert stop, diverged.stderr[-3000:]
+    # Said once: not also as a log line on the same terminal.
+    assert diverged.stderr.count(last.removeprefix("run.py: ")) == 1, diverged.stderr[-3000:]
     bad_step, kept = int(stop.group(3)), stop.group(4)
     assert 1 < bad_step < 10
     saved = [int(n) for n in re.findall(r"Saved checkpoint .*/ckpt-(\d+)$", diverged.stderr, re.M)]
