@@ -35,16 +35,22 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from simclr_tf2.build import build_model, compile_model  # noqa: E402
+from simclr_tf2.build import build_model, compile_model, dtype_policy  # noqa: E402
 from simclr_tf2.callbacks import KNNMonitor  # noqa: E402
-from simclr_tf2.config import Config  # noqa: E402
+from simclr_tf2.config import PRECISIONS, Config  # noqa: E402
 from simclr_tf2.data.pipeline import build_dataset  # noqa: E402
 from simclr_tf2.data.sources import load_source  # noqa: E402
 from simclr_tf2.knn import knn_accuracy  # noqa: E402
 from simclr_tf2.optim import WarmUpAndCosineDecay  # noqa: E402
+from simclr_tf2.precision import resolve_precision  # noqa: E402
 from tools.hardware import cores, matmul_peak_gflops  # noqa: E402
 from tools.linear_eval import top_k, train_linear  # noqa: E402
 
+PRECISION_NAMES = {
+    "none": "float32",
+    "mixed_bfloat16": "mixed bfloat16",
+    "mixed_float16": "mixed float16",
+}
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
 
 
@@ -116,22 +122,25 @@ def config_for(args, train_mode="pretrain") -> Config:
         weight_decay=1e-4 if train_mode == "pretrain" else 5e-4,
         lineareval_while_pretraining=False,
         seed=args.seed,
+        mixed_precision=args.mixed_precision,
     )
 
 
 def built(config, num_classes):
-    return build_model(config, num_classes)
+    with dtype_policy(config.runtime.mixed_precision):
+        return build_model(config, num_classes)
 
 
-def plan(config, num_classes, data, budget) -> tuple[float, int]:
-    """(seconds per step, steps that fit the budget), timed on a throwaway model."""
+def plan(config, num_classes, data, budget, fixed_steps=0) -> tuple[float, int]:
+    """(seconds per step, steps that fit the budget, or `fixed_steps` when > 0), timed on
+    a throwaway model."""
     model = built(config, num_classes)
     compile_for(model, config, 0.1, 100)
     model.fit(data, steps_per_epoch=3, epochs=1, verbose=0, shuffle=False)  # traces
     start = time.time()
     model.fit(data, steps_per_epoch=5, epochs=1, verbose=0, shuffle=False)
     step_s = (time.time() - start) / 5
-    return step_s, max(10, int(budget / step_s))
+    return step_s, fixed_steps or max(10, int(budget / step_s))
 
 
 def compile_for(model, config, learning_rate, steps):
@@ -152,7 +161,22 @@ def main(argv=None) -> int:
     parser.add_argument("--knn_every_minutes", type=float, default=5.0)
     parser.add_argument("--train_examples", type=int, default=0, help="0 = all 50,000")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--mixed_precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="as run.py; auto = bfloat16 where the CPU computes it natively, else float32",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=0,
+        help="train exactly this many steps (the budget is then not a limit; to compare "
+        "precisions at equal steps); 0 = as many as --minutes allows",
+    )
     args = parser.parse_args(argv)
+    if args.steps:
+        args.minutes = float("inf")
     if not os.path.exists(os.path.join(DATA, "cifar10", "train.npz")):
         sys.stderr.write(f"cifar_study.py: no {DATA}/cifar10/train.npz (see its README).\n")
         return 2
@@ -166,7 +190,12 @@ def main(argv=None) -> int:
     }
     budget = args.minutes * 60
     peak = matmul_peak_gflops()
-    results = {"machine": {"cores": cores(), "matmul_peak_gflops": round(peak, 1)}}
+    precision, why = resolve_precision(args.mixed_precision)
+    log(f"precision: {precision} ({why})")
+    results = {
+        "machine": {"cores": cores(), "matmul_peak_gflops": round(peak, 1)},
+        "mixed_precision": precision,
+    }
     knn_bank = build_dataset(train, 500, 32, "eval", every=max(1, train.num_examples // 10_000))
     knn_queries = build_dataset(tests["test (1,000, exact)"], 500, 32, "eval")
 
@@ -181,7 +210,7 @@ def main(argv=None) -> int:
         use_blur=False,
         seed=args.seed,
     )
-    step_s, steps = plan(config, None, data, budget)
+    step_s, steps = plan(config, None, data, budget, args.steps)
     log(f"SimCLR pretraining: {step_s:.2f} s/step, planning {steps} steps in {args.minutes} min")
     keras.utils.set_random_seed(args.seed)
     model = built(config, None)
@@ -209,7 +238,7 @@ def main(argv=None) -> int:
     # 2. Supervised from scratch, same budget.
     sup_config = config_for(args, "finetune")
     sup_data = build_dataset(train, args.batch_size, 32, "finetune", seed=args.seed)
-    sup_step_s, sup_steps = plan(sup_config, 10, sup_data, budget)
+    sup_step_s, sup_steps = plan(sup_config, 10, sup_data, budget, args.steps)
     log(f"supervised: {sup_step_s:.2f} s/step, planning {sup_steps} steps in {args.minutes} min")
     keras.utils.set_random_seed(args.seed)
     supervised = built(sup_config, 10)
@@ -254,7 +283,8 @@ def write_outputs(args, results) -> None:
     axes[2].set(title="kNN top-1 on test (1,000 exact)", xlabel="minutes")
     fig.suptitle(
         f"SimCLR, ResNet-18 x{args.width_multiplier} (CIFAR stem), batch {args.batch_size}, "
-        f"{results['simclr']['steps']} steps in {results['simclr']['minutes']} min"
+        f"{results['simclr']['steps']} steps in {results['simclr']['minutes']} min, "
+        f"{PRECISION_NAMES[results['mixed_precision']]}"
     )
     fig.tight_layout()
     fig.savefig(os.path.join(args.out, "study.png"), dpi=80)
