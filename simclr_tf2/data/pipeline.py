@@ -5,7 +5,8 @@
 which shards it by input pipeline and batches it per replica.
 
 Views are seeded by (seed, shard, position in the stream), so with
-`deterministic=True` a run sees exactly the same views every time.
+`deterministic=True` a run sees exactly the same views every time, and a run
+resumed at a step (`start`) goes on with exactly the batches it would have had.
 
 An image file that passed the check before the run but cannot be decoded stops
 the pipeline with a `DataError` naming it, or, when its source's
