@@ -195,15 +195,23 @@ class Run:
     def train_dataset(self, start_step: int = 0) -> tf.distribute.DistributedDataset:
         """The training batches, per replica, for a run resumed at `start_step`."""
         c = self.config
+        if c.runtime.deterministic:
+            # The stream of a run never interrupted, from the first example it has
+            # not trained on yet: a resumed run trains on exactly the same batches.
+            seed, start = c.runtime.seed, start_step * c.train.train_batch_size
+        else:
+            # Cheap: a new stream (order and views) rather than reading through the
+            # consumed examples; it does not repeat the first batches either.
+            seed, start = c.runtime.seed + 7919 * start_step, 0
         return distributed_dataset(
             self.strategy,
             self.sources.train,
             c.train.train_batch_size,
             # A student sees what a fine-tuned model sees: crop + flip.
             mode="pretrain" if c.train_mode == "pretrain" else "finetune",
-            # A resumed run continues with new views rather than repeating the first ones.
-            seed=c.runtime.seed + 7919 * start_step,
+            seed=seed,
             deterministic=c.runtime.deterministic,
+            start=start,
             **self._views(),
         )
 

@@ -305,8 +305,10 @@ class RuntimeConfig:
     seed: int = setting(0, "Seed of initialisation, shuffling and augmentation.")
     deterministic: bool = setting(
         False,
-        "Same data order and views on every run, whatever the number of workers and replicas "
-        "(slower input pipeline: every worker reads the whole stream).",
+        "Same data order and views on every run, whatever the number of workers and replicas, "
+        "and a resumed run exactly the run never interrupted (it reads through the examples "
+        "already trained on); without it a resume draws a new data order and new views. Slower "
+        "input pipeline: every worker reads the whole stream; deterministic ops.",
     )
     strategy: str = setting(
         "auto",

@@ -13,6 +13,9 @@ itself with SIGKILL, which no Python code can intercept, at one of these moments
 - `mid_export`: during the first export, once the SavedModel's variables are written into its
   temporary directory and before its `saved_model.pb` is (the last file a SavedModel gets, and
   the one readers take as the sign that it is complete).
+- `after_step=N`: in training, once step N is done (the optimizer's `iterations` is N) and before
+  step N + 1 starts (the end of a batch, seen by the `CheckpointSaver` callback, after its own
+  handling of that batch).
 
 Each moment is reached by replacing the TensorFlow function that the save calls next, so the
 kill comes inside the save at every run, never before or after it. The line
@@ -86,6 +89,20 @@ def _kill_mid_write() -> None:
     gen_io_ops.merge_v2_checkpoints = merge_or_die
 
 
+def _kill_after_step(step: int) -> None:
+    from simclr_tf2.callbacks import CheckpointSaver
+
+    batch_end = CheckpointSaver.on_train_batch_end
+
+    def batch_end_or_die(self, batch, logs=None):
+        batch_end(self, batch, logs)
+        if self._step() == step:
+            saved = self.manager.latest_checkpoint
+            _die(f"after training step {step} (newest checkpoint {saved})")
+
+    CheckpointSaver.on_train_batch_end = batch_end_or_die
+
+
 def _kill_mid_export() -> None:
     # tf.saved_model.save writes saved_model.pb through `file_io.atomic_write_string_to_file`
     # after the variables; replacing the module attribute reaches that call.
@@ -110,16 +127,22 @@ POINTS = {
 
 
 def main() -> int:
-    if len(sys.argv) < 2 or sys.argv[1] not in POINTS:
-        sys.stderr.write(f"usage: kill_hooks.py {{{','.join(POINTS)}}} [run.py flags...]\n")
+    point = sys.argv[1] if len(sys.argv) > 1 else ""
+    step = point.removeprefix("after_step=")
+    if point not in POINTS and not (step != point and step.isdigit()):
+        points = ",".join([*POINTS, "after_step=N"])
+        sys.stderr.write(f"usage: kill_hooks.py {{{points}}} [run.py flags...]\n")
         return 2
-    point = sys.argv[1]
-    _count_saves()
-    POINTS[point]()
-    # What `python run.py flags...` sees: its own path as argv[0] and its folder on sys.path.
+    # What `python run.py flags...` sees: its own path as argv[0] and its folder on sys.path
+    # (set first: the after_step hook imports simclr_tf2 from there).
     run_py = os.path.join(ROOT, "run.py")
     sys.argv = [run_py, *sys.argv[2:]]
     sys.path[0] = ROOT
+    _count_saves()
+    if point in POINTS:
+        POINTS[point]()
+    else:
+        _kill_after_step(int(step))
     try:
         runpy.run_path(run_py, run_name="__main__")
     except SystemExit as exit:

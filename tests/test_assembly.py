@@ -49,6 +49,24 @@ def test_build_run_plans_builds_and_compiles_what_the_config_says():
     assert images.shape == (32, 16, 16, 3) and steps is None
 
 
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_a_resumed_run_trains_on_the_batches_of_the_run_never_interrupted(deterministic):
+    # With --deterministic the batches from step 3 of a run resumed at step 3 are those the
+    # run never interrupted trains on from step 3; without, a resumed run draws a new stream
+    # (README: "Resume").
+    config = Config.from_flags(**TINY, mode="train", deterministic=deterministic)
+    run = build_run(config)
+
+    def views(start_step, skip):
+        """The views of batches skip, skip + 1 of the run resumed at `start_step`."""
+        batches = zip(range(skip + 2), iter(run.train_dataset(start_step)), strict=False)
+        return [x.numpy() for _, (x, _) in batches][skip:]
+
+    whole, resumed = views(0, 3), views(3, 0)
+    same = all(np.array_equal(w, r) for w, r in zip(whole, resumed, strict=True))
+    assert same == deterministic
+
+
 def test_build_run_takes_a_tools_own_data_and_other_optimizers(tmp_path):
     rng = np.random.default_rng(0)
     path = str(tmp_path / "d.npz")

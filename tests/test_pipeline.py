@@ -147,6 +147,44 @@ def test_deterministic_global_batches_do_not_depend_on_the_number_of_workers(ind
     assert set(labels) == set(range(1, 64, 2))
 
 
+@pytest.mark.parametrize("pipelines", [1, 2])
+def test_a_resumed_deterministic_stream_goes_on_where_the_run_was(indexed_npz, pipelines):
+    # What exact resume relies on: the stream of a run resumed at step k (its first k global
+    # batches skipped by `start`) is the stream of the run never interrupted from batch k on,
+    # the same examples with the same views, also with 2 input pipelines (multi-worker) and
+    # past the end of an epoch (64 examples: 5 steps of 16 are 80).
+    source = load_source(indexed_npz)
+    per_replica, replicas, done, steps = 4, 4, 5, 3
+    local = replicas // pipelines  # per-replica batches one pipeline makes per step
+
+    def batches(pipeline, start, skip):
+        context = tf.distribute.InputContext(pipelines, pipeline, replicas)
+        ds = build_dataset(
+            source,
+            per_replica,
+            8,
+            "pretrain",
+            seed=3,
+            deterministic=True,
+            input_context=context,
+            start=start,
+        )
+        return [(x.numpy(), y.numpy()) for x, y in ds.skip(skip).take(steps * local)]
+
+    for pipeline in range(pipelines):
+        whole = batches(pipeline, 0, done * local)
+        resumed = batches(pipeline, done * per_replica * replicas, 0)
+        assert len(whole) == len(resumed) == steps * local
+        for (xw, yw), (xr, yr) in zip(whole, resumed, strict=True):
+            np.testing.assert_array_equal(yr, yw)
+            np.testing.assert_array_equal(xr, xw)
+        # Not trivially equal: the stream's first batches are others.
+        first = batches(pipeline, 0, 0)
+        assert any(
+            not np.array_equal(x, xr) for (x, _), (xr, _) in zip(first, resumed, strict=True)
+        )
+
+
 def test_training_batches_have_static_shapes(indexed_npz):
     # Static shapes (drop_remainder) are what a TPU step and XLA need.
     source = load_source(indexed_npz)

@@ -5,7 +5,8 @@
 which shards it by input pipeline and batches it per replica.
 
 Views are seeded by (seed, shard, position in the stream), so with
-`deterministic=True` a run sees exactly the same views every time.
+`deterministic=True` a run sees exactly the same views every time, and a run
+resumed at a step (`start`) goes on with exactly the batches it would have had.
 
 An image file that passed the check before the run but cannot be decoded stops
 the pipeline with a `DataError` naming it, or, when its source's
@@ -133,6 +134,7 @@ def build_dataset(
     deterministic: bool = False,
     input_context: tf.distribute.InputContext | None = None,
     every: int = 1,
+    start: int = 0,
 ) -> tf.data.Dataset:
     """The batched dataset of one input pipeline.
 
@@ -153,6 +155,10 @@ def build_dataset(
             source by input pipeline.
         every: keep only every `every`-th example of the source (a subset
             spread over the whole source, e.g. over all classes of a folder).
+        start: elements of the whole training stream (all input pipelines)
+            already consumed, by a run resumed at step `start / global batch`:
+            they are skipped before any view is made, so the stream goes on
+            exactly where that run was (with the same `seed`).
 
     Returns:
         A dataset of (views, labels); labels are int64, -1 when unlabelled.
@@ -160,6 +166,8 @@ def build_dataset(
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not one of {MODES}.")
     training = mode != "eval"
+    if start and not training:
+        raise ValueError(f"start={start}: an eval pass does not resume; use start=0.")
     # An eval pass keeps the source's order (per-example results line up with it).
     deterministic = deterministic or not training
     ds = source.dataset()
@@ -184,6 +192,11 @@ def build_dataset(
     # Each element's position in the (repeated) stream seeds its views, so
     # every epoch sees new views.
     ds = ds.enumerate()
+    if start:
+        # Skipped before the views: a resume reads the consumed examples but neither
+        # decodes nor augments them. A sharded stream skips its global positions; a
+        # pipeline with its own shard of the source consumed its share of them.
+        ds = ds.skip(start if shard_stream or pipelines == 1 else start // pipelines)
     if shard_stream:
         ds = ds.shard(pipelines, shard)
         shard = 0  # positions are global: the seeds need no shard
