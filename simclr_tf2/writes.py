@@ -53,7 +53,10 @@ class WriteRefusedError(RuntimeError):
 
 
 def _inside(path: str, directory: str) -> bool:
-    path, directory = os.path.realpath(path), os.path.realpath(directory)
+    # The file's own name unresolved: it may be a link to somewhere else (a temporary name
+    # linked to a fuller disk is still a file of model_dir).
+    path = os.path.join(os.path.realpath(os.path.dirname(path) or "."), os.path.basename(path))
+    directory = os.path.realpath(directory)
     return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
 
 

@@ -3,9 +3,14 @@ model_dir) stops run.py with one line naming the path and the OS error, exit sta
 was written before stays whole and loads, and the same command resumes once the disk has room.
 
 The disk fills up (RLIMIT_FSIZE 0, see `tests/disk_hooks.py`) or model_dir becomes read-only
-right before the write chosen, inside the real run.py process.
+right before the write chosen, inside the real run.py process. To keep the real runs few, one
+model_dir goes through them in turn: the disk fills at the second checkpoint; the re-run
+resumes and the disk fills at the export; the next one at result.json; the last finishes;
+then an --mode=eval run is refused the re-export of the same step. A second model_dir
+becomes read-only at its second checkpoint.
 """
 
+import errno
 import json
 import os
 import re
@@ -40,8 +45,6 @@ READ_ONLY_SKIP = None
 if os.geteuid() == 0 and shutil.which("setpriv") is None:
     READ_ONLY_SKIP = "running as root without setpriv: chmod cannot make a directory read-only"
 
-CASES = [("full", "checkpoint"), ("readonly", "checkpoint"), ("full", "export"), ("full", "result")]
-
 
 def hooked(model_dir: str, how: str, where: str, *flags: str) -> subprocess.CompletedProcess:
     prefix = DROP_DAC if how == "readonly" and os.geteuid() == 0 else []
@@ -67,87 +70,113 @@ def refused_line(proc: subprocess.CompletedProcess) -> tuple[str, str]:
     return found.group(1), found.group(2)
 
 
-@pytest.fixture(scope="module")
-def refused(tmp_path_factory):
-    """{(how, where): (model_dir, the stopped run)}; the runs share the 2 cores."""
+def restored(proc: subprocess.CompletedProcess, model_dir: str, step: int) -> list[int]:
+    """Asserts the run resumed from ckpt-<step>; returns the steps it saved."""
+    assert f"Restored {model_dir}/ckpt-{step}\n" in proc.stderr, proc.stderr[-3000:]
+    assert f"from step {step}." in proc.stderr, proc.stderr[-3000:]
+    return [int(n) for n in re.findall(r"Saved checkpoint .*/ckpt-(\d+)$", proc.stderr, re.M)]
 
-    def one(case):
-        how, where = case
+
+FILE_TOO_LARGE = os.strerror(errno.EFBIG)  # what a write beyond RLIMIT_FSIZE gets
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory):
+    """{how: (model_dir, the run stopped at its second checkpoint)} for a full disk and a
+    read-only model_dir; the two runs share the 2 cores."""
+
+    def one(how):
         if how == "readonly" and READ_ONLY_SKIP:
-            return case, None
-        model_dir = str(tmp_path_factory.mktemp(f"{how}_{where}") / "model")
+            return how, None
+        model_dir = str(tmp_path_factory.mktemp(how) / "model")
         try:
-            return case, (model_dir, hooked(model_dir, how, where))
+            return how, (model_dir, hooked(model_dir, how, "checkpoint"))
         finally:
             if os.path.isdir(model_dir):
-                os.chmod(model_dir, 0o755)  # room again, so to speak, for the re-run
+                os.chmod(model_dir, 0o755)  # writable again for the re-run
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(pool.map(one, CASES))
+        return dict(pool.map(one, ["full", "readonly"]))
 
 
-def pid_of(proc: subprocess.CompletedProcess) -> int:
-    return int(re.search(r"^disk_hooks: \w+ \(pid (\d+)\)", proc.stderr, re.M).group(1))
-
-
-@pytest.mark.parametrize("how", ["full", "readonly"])
-def test_a_refused_checkpoint_keeps_the_last_one_and_the_rerun_resumes(refused, how):
-    if refused[how, "checkpoint"] is None:
-        pytest.skip(READ_ONLY_SKIP)
-    model_dir, proc = refused[how, "checkpoint"]
-    path, reason = refused_line(proc)
-    failed = 2 * EVERY
-    if how == "full":
-        # Inside the checkpoint's own files; its shards are removed after the failure.
-        assert path.startswith(os.path.join(model_dir, f"ckpt-{failed}")), path
-        assert reason == os.strerror(27)  # EFBIG, what a file-size limit gives
-        assert not [n for n in os.listdir(model_dir) if n.startswith(f"ckpt-{failed}")]
-    else:
-        assert path.startswith(model_dir) and reason == "Permission denied", (path, reason)
+def assert_kept_the_first_checkpoint(model_dir: str, proc: subprocess.CompletedProcess) -> None:
     assert f"resumes from {model_dir}/ckpt-{EVERY})" in proc.stderr
     assert recorded_step(model_dir) == EVERY
     assert assert_usable(model_dir) == [EVERY]
     assert not os.path.exists(os.path.join(model_dir, "saved_model"))
     assert not os.path.exists(os.path.join(model_dir, "result.json"))
 
-    rerun = run(model_dir)
-    # The read-only run could not remove its lock: the re-run takes it over.
-    killed = pid_of(proc) if how == "readonly" else None
-    assert_resumed_and_finished(rerun, model_dir, EVERY, killed_pid=killed)
+
+def test_a_full_disk_at_a_checkpoint_keeps_the_last_one(first):
+    model_dir, proc = first["full"]
+    path, reason = refused_line(proc)
+    # A file of the checkpoint being written; what it left is removed after the failure.
+    assert path.startswith(os.path.join(model_dir, f"ckpt-{2 * EVERY}")), path
+    assert reason == FILE_TOO_LARGE
+    assert not [n for n in os.listdir(model_dir) if n.startswith(f"ckpt-{2 * EVERY}")]
+    assert_kept_the_first_checkpoint(model_dir, proc)
 
 
-def test_a_refused_export_leaves_nothing_under_its_name_and_the_rerun_exports(refused):
-    model_dir, proc = refused["full", "export"]
+def test_a_read_only_model_dir_at_a_checkpoint_keeps_the_last_one_and_the_rerun_resumes(first):
+    if first["readonly"] is None:
+        pytest.skip(READ_ONLY_SKIP)
+    model_dir, proc = first["readonly"]
+    path, reason = refused_line(proc)
+    assert path.startswith(model_dir) and reason == "Permission denied", (path, reason)
+    assert_kept_the_first_checkpoint(model_dir, proc)
+    holder = int(re.search(r"^disk_hooks: \w+ \(pid (\d+)\)", proc.stderr, re.M).group(1))
+    # It could not remove its lock from the read-only directory: the re-run takes it over.
+    assert_resumed_and_finished(run(model_dir), model_dir, EVERY, killed_pid=holder)
+
+
+@pytest.fixture(scope="module")
+def export_refused(first):
+    """The full disk's model_dir, re-run: it resumes, and the disk fills at the export."""
+    model_dir, _ = first["full"]
+    return model_dir, hooked(model_dir, "full", "export")
+
+
+def test_the_rerun_resumes_and_a_full_disk_at_the_export_leaves_no_export(export_refused):
+    model_dir, proc = export_refused
     path, reason = refused_line(proc)
     root = os.path.join(model_dir, "saved_model")
-    assert path.startswith(f"{root}/{PLANNED}.tmp-") and reason == os.strerror(27), path
-    assert os.listdir(root) == []  # the temporary directory is removed too
+    assert path.startswith(f"{root}/{PLANNED}.tmp-") and reason == FILE_TOO_LARGE, path
+    assert restored(proc, model_dir, EVERY) == list(range(2 * EVERY, PLANNED + 1, EVERY))
+    assert os.listdir(root) == []  # its temporary directory is removed too
     assert recorded_step(model_dir) == PLANNED
     assert assert_usable(model_dir) == list(range(EVERY, PLANNED + 1, EVERY))
     assert not os.path.exists(os.path.join(model_dir, "result.json"))
 
-    assert_resumed_and_finished(run(model_dir), model_dir, PLANNED)
-
 
 @pytest.fixture(scope="module")
-def finished_after_refused_result(refused):
-    """The model_dir of the refused result.json, re-run to its end."""
-    model_dir, proc = refused["full", "result"]
+def result_refused(export_refused):
+    """Re-run again: it exports, and the disk fills at result.json."""
+    model_dir, _ = export_refused
+    return model_dir, hooked(model_dir, "full", "result")
+
+
+def test_a_full_disk_at_result_json_keeps_the_export(result_refused):
+    model_dir, proc = result_refused
     path, reason = refused_line(proc)
     assert path == os.path.join(model_dir, f"result_{PLANNED}.json.tmp"), path
-    assert reason == os.strerror(27)
+    assert reason == FILE_TOO_LARGE
+    assert restored(proc, model_dir, PLANNED) == []
     names = os.listdir(model_dir)
     assert not [n for n in names if n.startswith("result")], names  # no half-written tmp
     assert tf.saved_model.load(os.path.join(model_dir, "saved_model", str(PLANNED))).variables
     assert assert_usable(model_dir) == list(range(EVERY, PLANNED + 1, EVERY))
 
-    assert_resumed_and_finished(run(model_dir), model_dir, PLANNED)
-    return model_dir
+
+@pytest.fixture(scope="module")
+def finished(result_refused):
+    """The same command once more, with room on the disk: it finishes."""
+    model_dir, _ = result_refused
+    return model_dir, run(model_dir)
 
 
-def test_a_refused_result_keeps_the_export_and_the_rerun_writes_it(finished_after_refused_result):
-    with open(os.path.join(finished_after_refused_result, "result.json")) as f:
-        assert json.load(f)["global_step"] == PLANNED
+def test_with_room_again_the_same_command_finishes(finished):
+    model_dir, rerun = finished
+    assert_resumed_and_finished(rerun, model_dir, PLANNED)
 
 
 def _files(folder: str) -> dict:
@@ -159,24 +188,17 @@ def _files(folder: str) -> dict:
     return found
 
 
-@pytest.mark.parametrize("where", ["result", "export"])
-def test_a_refused_rewrite_keeps_the_previous_result_and_export(
-    finished_after_refused_result, where
-):
-    """--mode=eval rewrites result.json, then the export of the same step: a refused
-    rewrite leaves the previous files exactly as they were (the export's, and result.json
-    when that is the one refused)."""
-    model_dir = finished_after_refused_result
+def test_a_refused_re_export_keeps_the_previous_export(finished):
+    """--mode=eval evaluates the last checkpoint (result.json anew), then exports its step
+    again: the refused export leaves the one there exactly as it was."""
+    model_dir, _ = finished
     export = os.path.join(model_dir, "saved_model", str(PLANNED))
-    kept = ["result.json"] if where == "result" else []
-    before = {**{n: _files(model_dir)[n] for n in kept}, **_files(export)}
-    proc = hooked(model_dir, "full", where, "--mode=eval")
-    path, _ = refused_line(proc)
-    assert ("saved_model" in path) == (where == "export"), path
-    after = {**{n: _files(model_dir)[n] for n in kept}, **_files(export)}
-    assert after == before
+    before = _files(export)
+    proc = hooked(model_dir, "full", "export", "--mode=eval")
+    path, reason = refused_line(proc)
+    assert path.startswith(f"{export}.tmp-") and reason == FILE_TOO_LARGE, path
+    assert _files(export) == before
+    assert tf.saved_model.load(export).variables
+    assert os.listdir(os.path.dirname(export)) == [str(PLANNED)]
     with open(os.path.join(model_dir, "result.json")) as f:
         assert json.load(f)["global_step"] == PLANNED
-    assert tf.saved_model.load(export).variables
-    assert [n for n in os.listdir(os.path.dirname(export))] == [str(PLANNED)]
-    assert not [n for n in os.listdir(model_dir) if n.endswith(".tmp")]
