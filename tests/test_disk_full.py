@@ -123,6 +123,8 @@ def test_a_read_only_model_dir_at_a_checkpoint_keeps_the_last_one_and_the_rerun_
     model_dir, proc = first["readonly"]
     path, reason = refused_line(proc)
     assert path.startswith(model_dir) and reason == "Permission denied", (path, reason)
+    # The write that was refused, not the lock the run then could not remove.
+    assert not os.path.basename(path).startswith("lock.json"), path
     assert_kept_the_first_checkpoint(model_dir, proc)
     holder = int(re.search(r"^disk_hooks: \w+ \(pid (\d+)\)", proc.stderr, re.M).group(1))
     # It could not remove its lock from the read-only directory: the re-run takes it over.
