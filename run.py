@@ -64,6 +64,7 @@ def main(argv) -> int:
     from simclr_tf2.config import validate
     from simclr_tf2.data.sources import DataError
     from simclr_tf2.distribute import StrategyError, build_strategy, cluster_of
+    from simclr_tf2.writes import WriteRefusedError
 
     try:
         config = config_from_flags()
@@ -84,6 +85,10 @@ def main(argv) -> int:
     except (ConfigError, DataError, StrategyError) as error:
         sys.stderr.write(f"run.py: {error}\n")
         return 2
+    except WriteRefusedError as error:
+        # A full disk or a read-only model_dir: neither a wrong setting nor a failed run.
+        sys.stderr.write(f"run.py: {error}\n")
+        return WriteRefusedError.EXIT_STATUS
     except (train.TrainingError, train.WorkerLostError) as error:
         # One line on the terminal; a log file (--log_dir) gets it as well.
         if logging.get_absl_handler().python_handler.stream is not sys.stderr:

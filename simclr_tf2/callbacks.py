@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import sys
 import time
 
@@ -163,8 +165,34 @@ class CheckpointSaver(keras.callbacks.Callback):
         if bad is not None:
             self._stop(f"variable {bad[0]}", bad[1])
             return
-        path = self.manager.save(checkpoint_number=step)
+        prefix = f"{self.manager.directory}/ckpt-{step}"
+        try:
+            path = self.manager.save(checkpoint_number=step)
+        except (tf.errors.OpError, OSError):
+            _discard_unrecorded(prefix)
+            raise
         logging.info("Saved checkpoint %s", path)
+
+
+def _discard_unrecorded(prefix: str) -> None:
+    """Removes what a failed save of `prefix` left (its `_temp/` shards, a partial index or
+    data file) unless the `checkpoint` state file names it: on a full disk that space is
+    better free, and a resume never reads an unrecorded checkpoint anyway."""
+    directory, left = os.path.dirname(prefix), [f"{prefix}_temp"]
+    with contextlib.suppress(tf.errors.OpError, OSError, ValueError):
+        state = tf.train.get_checkpoint_state(directory)
+        if state is not None and prefix in {
+            os.path.join(directory, os.path.basename(p)) for p in state.all_model_checkpoint_paths
+        }:
+            return
+    with contextlib.suppress(tf.errors.OpError, OSError):
+        left = [f"{prefix}_temp", *tf.io.gfile.glob(f"{prefix}.*")]
+    for path in left:
+        with contextlib.suppress(tf.errors.OpError, OSError):
+            if tf.io.gfile.isdir(path):
+                tf.io.gfile.rmtree(path)
+            else:
+                tf.io.gfile.remove(path)
 
 
 # Logged values, in the order they are shown.

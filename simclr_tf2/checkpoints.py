@@ -13,6 +13,7 @@ of ours.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -32,11 +33,18 @@ from simclr_tf2.models.simclr import SimCLRModel
 
 def write_json(path: str, data: dict) -> None:
     """`data` as indented JSON at `path`, replaced whole (never half written)."""
-    # Written to a temporary file and renamed, so a crash never leaves half a file.
+    # Written to a temporary file and renamed, so a crash or a full disk never leaves half
+    # a file in place of the previous one.
     tmp = path + ".tmp"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(json.dumps(data, indent=2, sort_keys=True))
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    try:
+        with tf.io.gfile.GFile(tmp, "w") as f:
+            f.write(json.dumps(data, indent=2, sort_keys=True))
+        tf.io.gfile.rename(tmp, path, overwrite=True)
+    except (tf.errors.OpError, OSError):
+        # The part written would only take space on a disk that may be full.
+        with contextlib.suppress(tf.errors.OpError, OSError):
+            tf.io.gfile.remove(tmp)
+        raise
 
 
 def read_config(model_dir: str, owner: str | None = None) -> Config:

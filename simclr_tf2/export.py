@@ -34,6 +34,7 @@ crash never leaves half an export under its final name.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -178,8 +179,11 @@ def export_saved_model(model, path: str, image_size: int | None = None) -> str:
                 raise
             # Another process put the same step's export in place meanwhile: it stands.
     finally:
-        if tf.io.gfile.exists(tmp):
-            tf.io.gfile.rmtree(tmp)
+        # Also after a refused write (disk full): the error that stopped the export is
+        # the one to report, not a failure to clean up after it.
+        with contextlib.suppress(tf.errors.OpError, OSError):
+            if tf.io.gfile.exists(tmp):
+                tf.io.gfile.rmtree(tmp)
     return path
 
 

@@ -181,7 +181,8 @@ class ModelDirLock:
             else:
                 raise self._busy(self._read() or {})
         finally:
-            os.remove(tmp)
+            with contextlib.suppress(FileNotFoundError):  # never written (read-only model_dir)
+                os.remove(tmp)
         self._beat = threading.Thread(target=self._heartbeat, name="model_dir lock", daemon=True)
         self._beat.start()
 
@@ -235,7 +236,14 @@ class ModelDirLock:
         if self._beat is not None:
             self._beat.join()
         if self.held():
-            os.remove(self.path)
+            try:
+                os.remove(self.path)
+            except OSError as error:
+                # A model_dir that became read-only: the error that stopped the run is the one
+                # to report; the next run takes this lock over (its process is gone by then).
+                logging.warning("Could not remove the lock %s: %s.", self.path, error.strerror)
+                self._record = None
+                return
             if self._made_dir:
                 with contextlib.suppress(OSError):  # not empty: the run wrote into it
                     os.rmdir(self.model_dir)

@@ -33,6 +33,7 @@ from simclr_tf2.distribute import Cluster, cluster_of, describe
 from simclr_tf2.export import export_step
 from simclr_tf2.lock import ModelDirLock
 from simclr_tf2.memory import check_memory
+from simclr_tf2.writes import writes_named
 
 
 class TrainingError(RuntimeError):
@@ -253,7 +254,17 @@ def run(config: Config, strategy: tf.distribute.Strategy | None = None) -> dict 
             except an image that passes the header check but cannot be decoded).
         TrainingError: the loss became non-finite.
         WorkerLostError: another worker of a multi-worker run died.
+        WriteRefusedError: a file of model_dir could not be written (disk full,
+            read-only); what was written before stays whole.
     """
+    # A refused write (a checkpoint, the export, a result, the lock) is named in one line;
+    # every write replaces its file whole, so the last good checkpoint, export and result
+    # stay as they were and a re-run resumes.
+    with writes_named(config.model_dir or "."):
+        return _run(config, strategy)
+
+
+def _run(config: Config, strategy: tf.distribute.Strategy | None) -> dict | None:
     started = time.time()
     strategy = strategy or tf.distribute.get_strategy()
     cluster = cluster_of(strategy)
