@@ -12,9 +12,6 @@ Usage: python tools/benchmark_input.py [--seconds 20] [--batch 256] [--breakdown
 --breakdown also times parts of the 224 px pipeline (JPEG bytes in memory):
 decoding each crop window vs their union, decode + resize, the steps after the
 crop op by op vs compiled, the pair without blur, the whole pair.
-Files are decoded in a guard only on their first pass (see pipeline.DecodedOnce):
-the warm-up (5 batches) covers the first pass over --jpegs files, so the rates
-are those of later epochs.
 The last line printed is one JSON object with pairs_per_s_32, pairs_per_s_32_jpeg,
 pairs_per_s_224,
 cores, the fp32 matmul peak measured in the same run, and both rates scaled to

@@ -15,7 +15,6 @@ the pipeline with a `DataError` naming it, or, when its source's
 from __future__ import annotations
 
 import tensorflow as tf
-from tensorflow.core.framework import attr_value_pb2
 
 from simclr_tf2.data.blur import use_blur_for
 from simclr_tf2.data.crop import decode_and_random_crops, random_resized_crops
@@ -39,102 +38,54 @@ def pixels(example) -> tf.Tensor:
     return example["image"] if "image" in example else decode_image(example["encoded"])
 
 
-def _attempt(fn, args: tuple, fallback, guard):
-    """(fn(*args), True), or when guarded and fn raises, (fallback, False).
+def _attempt(fn, args: tuple, fallback, guarded: bool):
+    """(fn(*args), True), or when `guarded` and fn raises, (fallback, False).
 
     tf.data's only per-element error handling is `ignore_errors`, so a guarded
-    fn runs in a dataset of this one element. Its functions are instantiated
-    for every element: about half a millisecond of CPU even for a decode,
-    which is why only a file's first decode is guarded (see `DecodedOnce`).
-
-    Args:
-        guard: None (never guard), or a bool tensor: guard this element.
+    fn runs in a dataset of this one element. Keep fn to the decode: its
+    function is instantiated for every element, which costs little for a few
+    ops (a crop window's decode and resize) and about a millisecond for a
+    whole view.
     """
-    if guard is None:
+    if not guarded:
         return fn(*args), tf.constant(True)
-
-    def guarded():
-        tried = tf.data.Dataset.from_tensors(args).map(lambda *a: (fn(*a), True)).ignore_errors()
-        failed = tf.data.Dataset.from_tensors((fallback, False))
-        return tried.concatenate(failed).take(1).get_single_element()
-
-    result = tf.cond(guard, guarded, lambda: (fn(*args), tf.constant(True)))
-    if_op = tf.nest.flatten(result)[0].op
-    while if_op.type not in ("If", "StatelessIf"):
-        if_op = if_op.inputs[0].op
-    if_op._set_attr("_lower_using_switch_merge", attr_value_pb2.AttrValue(b=False))
-    return result
+    tried = tf.data.Dataset.from_tensors(args).map(lambda *a: (fn(*a), True)).ignore_errors()
+    failed = tf.data.Dataset.from_tensors((fallback, False))
+    return tried.concatenate(failed).take(1).get_single_element()
 
 
-def _decoded(encoded, guard):
+def _decoded(encoded, guarded: bool):
     """(uint8 pixels, ok) of a file's bytes. A file that cannot be decoded
     gives a blank image, whose views are made and then dropped."""
-    image, ok = _attempt(decode_image, (encoded,), tf.zeros([16, 16, 3], tf.uint8), guard)
+    image, ok = _attempt(decode_image, (encoded,), tf.zeros([16, 16, 3], tf.uint8), guarded)
     image.set_shape([None, None, 3])
     return image, ok
 
 
-def _pair_crops(encoded, crop_seeds, image_size: int, guard):
-    """(the two random resized crops of `simclr_pair_of`, ok) of a file's
-    bytes: a JPEG is decoded only in the crops' window."""
+def _pair_crops(encoded, crop_seeds, image_size: int, guarded: bool):
+    """(the two random resized crops of `simclr_pair_of`, ok)
+    of a file's bytes: a JPEG is decoded only in the crops' window."""
 
-    def crops(data, seeds):
-        seeds = tf.unstack(seeds)
-        return tf.cond(
-            tf.io.is_jpeg(data),
-            lambda: tuple(decode_and_random_crops(data, seeds, image_size)),
-            lambda: tuple(random_resized_crops(decode_image(data), seeds, image_size)),
-        )
+    def crops_of_jpeg(jpeg, seeds):
+        return tuple(decode_and_random_crops(jpeg, tf.unstack(seeds), image_size))
 
-    blank = tf.zeros([image_size, image_size, 3])
-    return _attempt(crops, (encoded, tf.stack(crop_seeds)), (blank, blank), guard)
+    def jpeg():
+        blank = tf.zeros([image_size, image_size, 3])
+        return _attempt(crops_of_jpeg, (encoded, tf.stack(crop_seeds)), (blank, blank), guarded)
 
+    def other():
+        image, ok = _decoded(encoded, guarded)
+        return tuple(random_resized_crops(image, crop_seeds, image_size)), ok
 
-class DecodedOnce:
-    """The files of one input pipeline that have decoded once, by id.
-
-    A file that decoded once decodes again (it is read anew, but files do not
-    change under a run), so only each file's first pass is guarded: later
-    passes cost what an unguarded decode costs. A file that failed is never
-    added, so it is guarded, and reported, on every pass.
-    """
-
-    def __init__(self):
-        # A set of ids: int64 -> int32 1 (TensorFlow has no int64 -> bool table
-        # kernel). About 50 bytes a file: 64 MB for ImageNet's 1.28M.
-        self._ids = tf.lookup.experimental.MutableHashTable(tf.int64, tf.int32, 0)
-
-    def contains(self, file_id) -> tf.Tensor:
-        """Whether the file `file_id` has decoded before (a bool tensor)."""
-        return self._ids.lookup(file_id) > 0
-
-    def add(self, file_id) -> tf.Tensor:
-        """Records that the file `file_id` decoded; returns True once recorded."""
-        with tf.control_dependencies([self._ids.insert(file_id, 1)]):
-            return tf.constant(True)
-
-    def size(self) -> int:
-        """How many files have decoded."""
-        return int(self._ids.size())
+    return tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
 
 
 def view_function(
     mode: str, image_size: int, color_jitter_strength: float, use_blur: bool, guarded: bool
 ):
     """Returns fn(example, seed) -> ((view(s), label), ok) for `mode`; ok is
-    False for a file that could not be decoded (only when `guarded`).
-
-    When `guarded`, an example of a file is decoded in the guard of `_attempt`
-    unless its `decoded_before` (a bool, when it has one) is true.
-    """
+    False for a file that could not be decoded (only when `guarded`)."""
     blur = use_blur_for(image_size, use_blur)
-
-    def guard_of(example):
-        if not guarded:
-            return None
-        if "decoded_before" in example:
-            return tf.logical_not(example["decoded_before"])
-        return tf.constant(True)
 
     def two_views(example, seed):
         # Both views stacked on channels: (S, S, 6).
@@ -144,7 +95,7 @@ def view_function(
         decoded = []  # the ok of the decode crops_of runs, set while the pair is built
 
         def crops_of(crop_seeds):
-            crops, ok = _pair_crops(example["encoded"], crop_seeds, image_size, guard_of(example))
+            crops, ok = _pair_crops(example["encoded"], crop_seeds, image_size, guarded)
             decoded.append(ok)
             return list(crops)
 
@@ -155,7 +106,7 @@ def view_function(
         if "image" in example:
             image, ok = example["image"], tf.constant(True)
         else:
-            image, ok = _decoded(example["encoded"], guard_of(example))
+            image, ok = _decoded(example["encoded"], guarded)
         if mode == "finetune":
             return (finetune_view(image, seed, image_size), example["label"]), ok
         return (eval_view(image, image_size), example["label"]), ok
@@ -209,9 +160,6 @@ def build_dataset(
     ds = source.dataset()
     # Files of the user's, decoded here: one may fail only now.
     from_files = {"encoded", "path"} <= set(ds.element_spec)
-    if from_files:
-        # A file's position in the source: its id in `DecodedOnce`.
-        ds = ds.enumerate().map(lambda i, example: {**example, "file_id": i})
     if every > 1:
         ds = ds.shard(every, 0)
     pipelines, shard = 1, 0
@@ -235,29 +183,24 @@ def build_dataset(
         ds = ds.shard(pipelines, shard)
         shard = 0  # positions are global: the seeds need no shard
     view = view_function(mode, image_size, color_jitter_strength, use_blur, from_files)
-    failures, decoded_once = None, None
+    failures = None
     if from_files:
         failures = source.decode_failures or DecodeFailures(skip=False)
-        decoded_once = DecodedOnce()
 
     def augment_one(index, example):
         stream = tf.constant(seed * 1_000_003 + shard, tf.int64)
-        if decoded_once is None:
-            return view(example, tf.stack([stream, index]))[0]
-        before = decoded_once.contains(example["file_id"])
-        out, ok = view({**example, "decoded_before": before}, tf.stack([stream, index]))
+        out, ok = view(example, tf.stack([stream, index]))
+        if failures is None:
+            return out
         # Runs only for a file that failed: names it, and stops or says to drop it.
         report = lambda: tf.py_function(failures.report, [example["path"]], tf.bool)  # noqa: E731
-        # Runs only on a file's first good decode.
-        record = lambda: decoded_once.add(example["file_id"])  # noqa: E731
-        keep = tf.cond(ok, lambda: tf.cond(before, lambda: tf.constant(True), record), report)
-        return out, keep
+        return out, tf.cond(ok, lambda: tf.constant(True), report)
 
     options = tf.data.Options()
     options.deterministic = deterministic
     ds = ds.with_options(options)
     ds = ds.map(augment_one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-    if decoded_once is not None:
+    if failures is not None:
         # Only the example that failed is dropped: the batches fill up from the next ones.
         ds = ds.filter(lambda _, ok: ok)
         ds = ds.map(lambda out, _: out)
