@@ -3,6 +3,8 @@
 Two cases, as in the project's performance bar:
   * 32 px views from uint8 arrays (CIFAR-10's train.npz when ../shared/data is
     there, else random arrays of the same shape), blur off as at 32 px;
+  * 32 px views from small JPEG files (the first --jpegs images of the same
+    arrays, quality 90, written to a temporary folder), blur off;
   * 224 px views from JPEG files of 400x350 px (about 46 KB each, written to a
     temporary folder), with the per-image Gaussian blur on.
 
@@ -10,7 +12,8 @@ Usage: python tools/benchmark_input.py [--seconds 20] [--batch 256] [--breakdown
 --breakdown also times parts of the 224 px pipeline (JPEG bytes in memory):
 decoding each crop window vs their union, decode + resize, the steps after the
 crop op by op vs compiled, the pair without blur, the whole pair.
-The last line printed is one JSON object with pairs_per_s_32, pairs_per_s_224,
+The last line printed is one JSON object with pairs_per_s_32, pairs_per_s_32_jpeg,
+pairs_per_s_224,
 cores, the fp32 matmul peak measured in the same run, and both rates scaled to
 the 290 GFLOP/s peak at which the project's reference figures were taken.
 """
@@ -65,6 +68,14 @@ def array_source(tmp: str):
     rng = np.random.default_rng(0)
     np.savez(path, images=rng.integers(0, 256, (50_000, 32, 32, 3), dtype=np.uint8))
     return npz_source(path), "random uint8 arrays"
+
+
+def write_small_jpegs(folder: str, source, count: int) -> None:
+    """The first `count` images of an array source as JPEG files (quality 90)."""
+    os.makedirs(folder, exist_ok=True)
+    for i, example in enumerate(source.dataset().take(count)):
+        data = tf.io.encode_jpeg(example["image"], quality=90).numpy()
+        Path(folder, f"{i:05d}.jpg").write_bytes(data)
 
 
 def write_jpegs(folder: str, count: int) -> float:
@@ -155,6 +166,14 @@ def main() -> None:
         rate32 = pairs_per_second(ds32, args.seconds)
         print(f"32 px from {what}, blur off:      {rate32:8.0f} pairs/s")
 
+        small = os.path.join(tmp, "small_jpegs")
+        write_small_jpegs(small, source, args.jpegs)
+        ds32j = build_dataset(
+            folder_source(small), args.batch, 32, "pretrain", color_jitter_strength=0.5
+        )
+        rate32j = pairs_per_second(ds32j, args.seconds)
+        print(f"32 px from {args.jpegs} JPEG files of {what}, blur off: {rate32j:8.0f} pairs/s")
+
         folder = os.path.join(tmp, "jpegs")
         mean_bytes = write_jpegs(folder, args.jpegs)
         ds224 = build_dataset(folder_source(folder), args.batch, 224, "pretrain", use_blur=True)
@@ -176,6 +195,7 @@ def main() -> None:
         json.dumps(
             {
                 "pairs_per_s_32": round(rate32, 1),
+                "pairs_per_s_32_jpeg": round(rate32j, 1),
                 "pairs_per_s_224": round(rate224, 1),
                 "cores": cores(),
                 "matmul_gflops": round(peak, 1),

@@ -77,6 +77,12 @@ def random_resized_crop(image, seed, size: int) -> tf.Tensor:
     return resize(image, size)
 
 
+def random_resized_crops(image, crop_seeds, size: int) -> list[tf.Tensor]:
+    """`random_resized_crop` of `image` for each seed (the pixels' counterpart
+    of `decode_and_random_crops`)."""
+    return [random_resized_crop(image, seed, size) for seed in crop_seeds]
+
+
 def center_crop(image, size: int, crop_proportion: float = EVAL_CROP_PROPORTION) -> tf.Tensor:
     """Evaluation crop: the centred square of `crop_proportion` of the shorter
     side, resized to (size, size). Images of 32 px or less are only resized."""

@@ -18,17 +18,10 @@ from __future__ import annotations
 import tensorflow as tf
 
 from simclr_tf2.data.blur import use_blur_for
-from simclr_tf2.data.crop import decode_and_random_crops, random_resized_crop
+from simclr_tf2.data.crop import decode_and_random_crops, random_resized_crops
 from simclr_tf2.data.files import DecodeFailures
 from simclr_tf2.data.source import Source
-from simclr_tf2.data.views import (
-    ViewDraws,
-    eval_view,
-    finetune_view,
-    finish_views,
-    pair_seeds,
-    simclr_pair,
-)
+from simclr_tf2.data.views import eval_view, finetune_view, simclr_pair, simclr_pair_of
 
 MODES = ("pretrain", "finetune", "eval")
 
@@ -71,7 +64,7 @@ def _decoded(encoded, guarded: bool):
 
 
 def _pair_crops(encoded, crop_seeds, image_size: int, guarded: bool):
-    """(the two random resized crops of `simclr_pair_jpeg` / `simclr_pair`, ok)
+    """(the two random resized crops of `simclr_pair_of`, ok)
     of a file's bytes: a JPEG is decoded only in the crops' window."""
 
     def crops_of_jpeg(jpeg, seeds):
@@ -83,7 +76,7 @@ def _pair_crops(encoded, crop_seeds, image_size: int, guarded: bool):
 
     def other():
         image, ok = _decoded(encoded, guarded)
-        return tuple(random_resized_crop(image, s, image_size) for s in crop_seeds), ok
+        return tuple(random_resized_crops(image, crop_seeds, image_size)), ok
 
     return tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
 
@@ -98,15 +91,17 @@ def view_function(
     def two_views(example, seed):
         # Both views stacked on channels: (S, S, 6).
         if "image" in example:
-            views = simclr_pair(
-                example["image"], seed, image_size, color_jitter_strength, blur=blur
-            )
+            views = simclr_pair(example["image"], seed, image_size, color_jitter_strength, blur)
             return (views, example["label"]), tf.constant(True)
-        crop_seeds, draws_seeds = pair_seeds(seed)
-        crops, ok = _pair_crops(example["encoded"], crop_seeds, image_size, guarded)
-        draws = [ViewDraws.from_seed(s) for s in draws_seeds]
-        views = finish_views(list(crops), draws, image_size, color_jitter_strength, blur)
-        return (views, example["label"]), ok
+        decoded = []  # the ok of the decode crops_of runs, set while the pair is built
+
+        def crops_of(crop_seeds):
+            crops, ok = _pair_crops(example["encoded"], crop_seeds, image_size, guarded)
+            decoded.append(ok)
+            return list(crops)
+
+        views = simclr_pair_of(crops_of, seed, image_size, color_jitter_strength, blur)
+        return (views, example["label"]), decoded[0]
 
     def one_view(example, seed):
         if "image" in example:

@@ -14,7 +14,7 @@ give the same views for the same seed, to float rounding.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 import tensorflow as tf
@@ -25,6 +25,7 @@ from simclr_tf2.data.crop import (
     center_crop,
     decode_and_random_crops,
     random_resized_crop,
+    random_resized_crops,
     resize,
 )
 from simclr_tf2.data.draws import maybe, split_seed, uniforms
@@ -182,6 +183,34 @@ def simclr_view_jpeg(
     )
 
 
+def simclr_pair_of(
+    crops_of: Callable[[list[tf.Tensor]], Sequence[tf.Tensor]],
+    seed,
+    image_size: int,
+    color_jitter_strength: float = 1.0,
+    blur: bool = True,
+) -> tf.Tensor:
+    """Two SimCLR views stacked on channels, (image_size, image_size, 6), from
+    their random resized crops: the one path of every pair of views.
+
+    Args:
+        crops_of: fn(crop seeds) -> the two float32 (image_size, image_size, 3)
+            crops in [0, 1], one per seed (e.g. `random_resized_crops` of
+            pixels, `decode_and_random_crops` of JPEG bytes).
+        seed: shape-[2] integer seed of the pair; view i is
+            `simclr_view(image, seed_i)` with seed_1, seed_2 split from it.
+        image_size: side of the views.
+        color_jitter_strength: s of the colour distortion.
+        blur: Gaussian blur (p=0.5).
+
+    Returns:
+        float32 (image_size, image_size, 6) in [0, 1].
+    """
+    crop_seeds, draws_seeds = pair_seeds(seed)
+    draws = [ViewDraws.from_seed(s) for s in draws_seeds]
+    return finish_views(crops_of(crop_seeds), draws, image_size, color_jitter_strength, blur)
+
+
 def simclr_pair(
     image, seed, image_size: int, color_jitter_strength: float = 1.0, blur: bool = True
 ) -> tf.Tensor:
@@ -189,10 +218,13 @@ def simclr_pair(
 
     View i is `simclr_view(image, seed_i)` with seed_1, seed_2 split from `seed`.
     """
-    crop_seeds, draws_seeds = pair_seeds(seed)
-    views = [random_resized_crop(image, crop_seed, image_size) for crop_seed in crop_seeds]
-    draws = [ViewDraws.from_seed(s) for s in draws_seeds]
-    return finish_views(views, draws, image_size, color_jitter_strength, blur)
+    return simclr_pair_of(
+        lambda crop_seeds: random_resized_crops(image, crop_seeds, image_size),
+        seed,
+        image_size,
+        color_jitter_strength,
+        blur,
+    )
 
 
 def simclr_pair_jpeg(
@@ -200,10 +232,13 @@ def simclr_pair_jpeg(
 ) -> tf.Tensor:
     """`simclr_pair` of encoded JPEG bytes, decoding once: only the smallest
     window that holds both crops (one entropy-decoding pass instead of two)."""
-    crop_seeds, draws_seeds = pair_seeds(seed)
-    views = decode_and_random_crops(jpeg_bytes, crop_seeds, image_size)
-    draws = [ViewDraws.from_seed(s) for s in draws_seeds]
-    return finish_views(views, draws, image_size, color_jitter_strength, blur)
+    return simclr_pair_of(
+        lambda crop_seeds: decode_and_random_crops(jpeg_bytes, crop_seeds, image_size),
+        seed,
+        image_size,
+        color_jitter_strength,
+        blur,
+    )
 
 
 def finetune_view(image, seed, image_size: int) -> tf.Tensor:
