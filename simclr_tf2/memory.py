@@ -22,9 +22,9 @@ model not used in the fit (ResNet-18 at half width, two batches) within
 `STATED_ERROR` (15%). Rows not used in the fit came within 10%: ResNet-50 at
 224 px; mixed_bfloat16 (2 bytes per activation and the same factors, no factor
 of its own) at 32 px (within 5%) and 224 px (9% under); the plain layers in
-float32 (their extra count is structural, with the same factors; within 5%). On a GPU the runtime constant is replaced by
-`GPU_RUNTIME_BYTES` (device memory holds no Python); those figures are not
-measured.
+float32 (their extra count is structural, with the same factors; within 5%).
+On a GPU the runtime constant is replaced by `GPU_RUNTIME_BYTES` (device memory
+holds no Python); those figures are not measured.
 
 `check_memory` compares the estimate with the memory each replica has (host
 memory available to this process on CPUs, shared by its replicas; device memory
