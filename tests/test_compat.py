@@ -138,6 +138,7 @@ def test_an_image_size_that_does_not_fit_the_stem():
         AuthorsCheckpoint(fixture("r18_cifar_w025")).build_model(image_size=224)
 
 
+@pytest.mark.long
 def test_import_tool_writes_a_checkpoint_config_and_export_with_their_outputs(tmp_path):
     out = tmp_path / "imported"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}

@@ -243,6 +243,7 @@ def test_eval_mode_on_a_finished_model_dir(pretrained, tmp_path):
     assert result["global_step"] == 20 and "top_1_accuracy" in result
 
 
+@pytest.mark.long
 def test_eval_mode_watches_a_training_run(tmp_path):
     model_dir = str(tmp_path / "watched")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -357,6 +358,7 @@ def test_recipe_flagfiles_parse_and_validate(name):
             assert (config["resnet_depth"], config["train_batch_size"]) == (50, 1024)
 
 
+@pytest.mark.long
 def test_cifar_recipe_runs_on_the_shared_npz(tmp_path):
     data = os.path.join(ROOT, "..", "shared", "data", "cifar10")
     if not os.path.exists(os.path.join(data, "train.npz")):
@@ -379,6 +381,7 @@ def test_cifar_recipe_runs_on_the_shared_npz(tmp_path):
     assert "50000 examples" in proc.stderr.replace(",", "")
 
 
+@pytest.mark.long
 def test_linear_eval_tool_on_an_export(pretrained):
     model_dir, _ = pretrained
     tool = os.path.join(ROOT, "tools", "linear_eval.py")
@@ -530,6 +533,7 @@ def test_eval_of_a_fine_tuned_checkpoint_takes_its_classifier(finetuned, tmp_pat
     assert mine["supervised_loss"] == pytest.approx(theirs["supervised_loss"], rel=1e-4)
 
 
+@pytest.mark.long
 def test_distill_runs_from_a_checkpoint_and_from_an_export(finetuned, pretrained, tmp_path):
     import tensorflow as tf
 

@@ -66,7 +66,16 @@ def test_resnet18_cifar_stem_named_outputs():
 
 @pytest.mark.parametrize(
     "depth, width",
-    [(10, 0.25), (18, 0.25), (34, 0.5), (50, 0.5), (101, 0.25), (152, 0.5), (200, 0.25)],
+    [
+        (10, 0.25),
+        (18, 0.25),
+        (34, 0.5),
+        (50, 0.5),
+        # The deep ones take a minute or two each on 2 cores: in the long group.
+        pytest.param(101, 0.25, marks=pytest.mark.long),
+        pytest.param(152, 0.5, marks=pytest.mark.long),
+        pytest.param(200, 0.25, marks=pytest.mark.long),
+    ],
 )
 def test_every_depth_at_small_widths(depth, width):
     model = ResNet(depth, width, cifar_stem=True)

@@ -170,6 +170,7 @@ def forward_flops_r18(width: float, size: int) -> float:
     return flops + head
 
 
+@pytest.mark.long
 def test_cifar_study_writes_its_plot_table_and_json(tmp_path):
     # The whole study in miniature: a second of each training on 256 images, tiny width.
     out = tmp_path / "study"
