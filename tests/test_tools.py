@@ -187,7 +187,7 @@ def test_cifar_study_writes_its_plot_table_and_json(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert set(summary) == {"machine", "simclr", "random", "supervised"}
+    assert set(summary) == {"machine", "mixed_precision", "simclr", "random", "supervised"}
     for encoder in ("simclr", "random"):
         for test_set in ("test_jpeg (10,000, JPEG q75)", "test (1,000, exact)"):
             assert 0 <= summary[encoder][test_set]["linear_top1"] <= 1
@@ -199,6 +199,24 @@ def test_cifar_study_writes_its_plot_table_and_json(tmp_path):
     assert image.shape[1] > image.shape[0] > 100 and image.std() > 10
     saved = json.loads((out / "study.json").read_text())
     assert saved["curves"]["knn"] and saved["curves"]["pretraining"]
+
+    # --no-supervised: SimCLR and the random encoder only (to compare pretraining settings).
+    proc = run(
+        "tools/cifar_study.py",
+        "--steps=2",
+        "--train_examples=256",
+        "--width_multiplier=0.125",
+        "--batch_size=32",
+        "--probe_epochs=1",
+        "--no-supervised",
+        f"--out={out}_simclr",
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "supervised" not in summary and summary["simclr"]["steps"] == 2
+    table = (tmp_path / "study_simclr" / "study.md").read_text().splitlines()
+    assert len(table) == 2 + 4 and "supervised" not in "".join(table)
 
 
 @pytest.fixture(scope="module")
