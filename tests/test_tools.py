@@ -170,6 +170,31 @@ def forward_flops_r18(width: float, size: int) -> float:
     return flops + head
 
 
+def test_cifar_study_probes_a_bfloat16_encoder_in_float32():
+    # The study's probes read features of a float32 twin holding the trained weights:
+    # bfloat16 features lose the small differences a standardised linear probe reads.
+    import argparse
+
+    from tools import cifar_study
+
+    args = argparse.Namespace(
+        width_multiplier=0.125, batch_size=8, seed=0, mixed_precision="mixed_bfloat16"
+    )
+    model = cifar_study.built(cifar_study.config_for(args), None)
+    images = tf.random.stateless_uniform((4, 32, 32, 3), seed=(1, 2))
+    mixed = model.encoder(images, training=False)["final_avg_pool"]
+    twin = cifar_study.float32_encoder(args, model)
+    features = twin(images, training=False)["final_avg_pool"]
+    assert mixed.dtype == tf.bfloat16 and features.dtype == tf.float32
+    assert {w.dtype for w in twin.weights} == {"float32"}
+    for a, b in zip(model.encoder.get_weights(), twin.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # The same function, computed in float32: close to the bfloat16 features, not equal.
+    mixed = mixed.numpy().astype(np.float32)
+    np.testing.assert_allclose(features.numpy(), mixed, rtol=0.05, atol=0.05)
+    assert not np.array_equal(features.numpy(), mixed)
+
+
 @pytest.mark.long
 def test_cifar_study_writes_its_plot_table_and_json(tmp_path):
     # The whole study in miniature: a second of each training on 256 images, tiny width.
