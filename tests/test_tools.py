@@ -199,19 +199,16 @@ def test_cifar_study_probes_a_bfloat16_encoder_in_float32():
 def test_cifar_study_writes_its_plot_table_and_json(tmp_path):
     # The whole study in miniature: a second of each training on 256 images, tiny width.
     out = tmp_path / "study"
-    proc = run(
-        "tools/cifar_study.py",
-        "--minutes=0.01",
-        "--train_examples=256",
-        "--width_multiplier=0.125",
-        "--batch_size=32",
-        "--probe_epochs=2",
-        "--knn_every_minutes=0.001",
-        f"--out={out}",
-        timeout=600,
+
+    def study(*flags):
+        tiny = ["--train_examples=256", "--width_multiplier=0.125", "--batch_size=32"]
+        proc = run("tools/cifar_study.py", *tiny, *flags, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    summary = study(
+        "--minutes=0.01", "--probe_epochs=2", "--knn_every_minutes=0.001", f"--out={out}"
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(summary) == {"machine", "mixed_precision", "simclr", "random", "supervised"}
     for encoder in ("simclr", "random"):
         for test_set in ("test_jpeg (10,000, JPEG q75)", "test (1,000, exact)"):
@@ -226,19 +223,7 @@ def test_cifar_study_writes_its_plot_table_and_json(tmp_path):
     assert saved["curves"]["knn"] and saved["curves"]["pretraining"]
 
     # --no-supervised: SimCLR and the random encoder only (to compare pretraining settings).
-    proc = run(
-        "tools/cifar_study.py",
-        "--steps=2",
-        "--train_examples=256",
-        "--width_multiplier=0.125",
-        "--batch_size=32",
-        "--probe_epochs=1",
-        "--no-supervised",
-        f"--out={out}_simclr",
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    summary = study("--steps=2", "--probe_epochs=1", "--no-supervised", f"--out={out}_simclr")
     assert "supervised" not in summary and summary["simclr"]["steps"] == 2
     table = (tmp_path / "study_simclr" / "study.md").read_text().splitlines()
     assert len(table) == 2 + 4 and "supervised" not in "".join(table)
