@@ -14,6 +14,7 @@ import tensorflow as tf
 from absl import logging
 
 from simclr_tf2.knn import knn_accuracy
+from simclr_tf2.models.simclr import copy_weights, float32_copy
 
 
 class KNNMonitor(keras.callbacks.Callback):
@@ -25,7 +26,8 @@ class KNNMonitor(keras.callbacks.Callback):
     features (cosine similarity, votes weighted by exp(sim / temperature)).
     The accuracy is logged, added to the step's logs as `knn_acc`, kept in
     `history` as (step, accuracy), and written to TensorBoard as `knn_top1`
-    under `log_dir`.
+    under `log_dir`. A mixed-precision model's features are computed in float32,
+    by a copy holding its weights.
 
     Args:
         bank: finite dataset of (images, labels) batches for the bank.
@@ -57,15 +59,23 @@ class KNNMonitor(keras.callbacks.Callback):
         self.k, self.temperature = k, temperature
         self.history: list[tuple[int, float]] = []
         self._embed = None
+        self._float32 = None
         self._last = None
 
     def _features(self, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
         if self._embed is None:
             encoder = self.model.encoder
+            if encoder.compute_dtype != "float32":
+                # Judged in float32 like run.py's evaluation (see `float32_copy`): a
+                # copy, its weights brought up to date at every evaluation.
+                self._float32 = float32_copy(self.model)
+                encoder = self._float32.encoder
             self._embed = tf.function(
                 lambda images: encoder(images, training=False)["final_avg_pool"],
                 reduce_retracing=True,
             )
+        if self._float32 is not None:
+            copy_weights(self.model, self._float32)
         feats, labels = [], []
         for images, y in dataset:
             feats.append(self._embed(images).numpy())

@@ -28,6 +28,8 @@
   (`resnet/block_group1/...`), which is how `restore_from_saved_model` starts
   fine-tuning from an export.
 
+The export computes in float32 on one device, whatever the model trained in
+(mixed precision, synchronised batch norm across replicas): see `float32_copy`.
 An export is written to a temporary directory and renamed into place, so a
 crash never leaves half an export under its final name.
 """
@@ -35,7 +37,6 @@ crash never leaves half an export under its final name.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import re
 import shutil
@@ -46,6 +47,7 @@ import tensorflow as tf
 
 from simclr_tf2.data.pipeline import decode_image
 from simclr_tf2.data.views import eval_view
+from simclr_tf2.models.simclr import float32_copy
 
 _IMAGES = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
 # Encoded images, one string each (TF Serving's REST API takes them as {"b64": ...}).
@@ -121,34 +123,6 @@ class _HubModule(tf.__internal__.tracking.AutoTrackable):
         )
 
 
-def _standalone_copy(model):
-    """A copy of `model` outside any strategy, with plain (per-device) batch norm.
-
-    The export is used on one device; synchronised batch norm would put
-    cross-replica ops with custom gradients into it, which a SavedModel cannot
-    differentiate after loading.
-    """
-    from simclr_tf2.models.simclr import SimCLRModel  # noqa: PLC0415 (import cycle)
-
-    def local(part):  # the part's config with per-device batch norm
-        spec = dataclasses.replace(part.batch_norm, synchronized=False)
-        return type(part).from_config({**part.get_config(), "batch_norm": spec})
-
-    copy = SimCLRModel.from_config(
-        {
-            **model.get_config(),
-            "encoder": local(model.encoder),
-            "projection_head": local(model.projection_head),
-        }
-    )
-    copy.build((None, None, None, 3))  # the weights do not depend on the image size
-    # By path, not by position: the order of batch-norm variables may differ.
-    source = {v.path: v for v in model.variables}
-    for variable in copy.variables:
-        variable.assign(source[variable.path].numpy())
-    return copy
-
-
 def export_saved_model(model, path: str, image_size: int | None = None) -> str:
     """Writes `model` (a built SimCLRModel) as a reusable SavedModel at `path`.
 
@@ -158,7 +132,12 @@ def export_saved_model(model, path: str, image_size: int | None = None) -> str:
         image_size: the side `serving_bytes` and `serving_uint8` prepare images to
             (the run's --image_size); by default `default_image_size(model)`.
     """
-    module = _HubModule(_standalone_copy(model), image_size or default_image_size(model))
+    # One device (synchronised batch norm would put cross-replica ops with custom
+    # gradients into it, which a SavedModel cannot differentiate after loading), and
+    # float32 whatever the training computed in: full-precision features, and fast
+    # on every consumer's device (bfloat16 is emulated, slowly, on most CPUs).
+    standalone = float32_copy(model, synchronized=False)
+    module = _HubModule(standalone, image_size or default_image_size(model))
     # Written under a name of this writer's own, then renamed into place: a reader
     # never sees half an export, and two processes exporting the same step at
     # once (a trainer and an --mode=eval watcher) do not write into each other.

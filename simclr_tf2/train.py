@@ -33,6 +33,7 @@ from simclr_tf2.distribute import Cluster, cluster_of, describe
 from simclr_tf2.export import export_step
 from simclr_tf2.lock import ModelDirLock
 from simclr_tf2.memory import check_memory
+from simclr_tf2.models.simclr import SimCLRModel, float32_copy
 from simclr_tf2.writes import writes_named
 
 
@@ -114,7 +115,7 @@ def evaluate(run: Run, out_dir: str, started: float) -> dict:
     """
     step = run.step
     dataset, steps = run.eval_dataset()
-    metrics = run.model.evaluate(dataset, steps=steps, verbose=0, return_dict=True)
+    metrics = _evaluation_model(run).evaluate(dataset, steps=steps, verbose=0, return_dict=True)
     result = {
         "global_step": step,
         "wall_clock_seconds": round(time.time() - started, 1),
@@ -135,6 +136,20 @@ def evaluate(run: Run, out_dir: str, started: float) -> dict:
     write_json(os.path.join(out_dir, "result.json"), result)
     logging.info("Evaluation at step %d: %s", step, result)
     return result
+
+
+def _evaluation_model(run: Run) -> SimCLRModel:
+    """What evaluation runs: the run's model, or after mixed precision a float32 copy
+    of it (the weights, not their 16-bit rounding, are what is judged; see
+    `float32_copy`)."""
+    if run.precision == "none":
+        return run.model
+    with run.strategy.scope():
+        model = float32_copy(run.model)
+        r = run.config.runtime
+        model.compile(jit_compile=r.jit_compile, steps_per_execution=r.steps_per_execution)
+    logging.info("Evaluating in float32 (a copy of the %s model's weights).", run.precision)
+    return model
 
 
 def _export(run: Run, out_dir: str) -> str:

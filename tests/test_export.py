@@ -58,3 +58,39 @@ def test_serving_signatures_prepare_images_as_the_library_does(tmp_path):
     np.testing.assert_allclose(
         got["final_avg_pool"], expected["final_avg_pool"][1:], rtol=0, atol=1e-5
     )
+
+
+def test_a_mixed_precision_model_is_exported_in_float32(tmp_path):
+    """The export computes in float32 with the float32 weights, whatever the training
+    computed in: features the bfloat16 model would round to 8 bits of mantissa."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from simclr_tf2.export import export_saved_model
+
+    keras.utils.set_random_seed(0)
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        mixed = SimCLRModel(ResNet(18, 0.25, cifar_stem=True), num_classes=3)
+        mixed.build((None, 16, 16, 3))
+    finally:
+        keras.config.set_dtype_policy("float32")
+    reference = SimCLRModel(ResNet(18, 0.25, cifar_stem=True), num_classes=3)
+    reference.build((None, 16, 16, 3))
+    reference.set_weights(mixed.get_weights())
+    images = tf.random.stateless_uniform((4, 16, 16, 3), (1, 2))
+    loaded = tf.saved_model.load(export_saved_model(mixed, str(tmp_path / "export")))
+    got = loaded.signatures["serving_default"](images=images)
+    expected = reference(images, training=False)
+    rounded = mixed(images, training=False)
+    for key in ("final_avg_pool", "proj_head_output", "logits_sup"):
+        assert got[key].dtype == tf.float32
+        scale = float(tf.reduce_max(tf.abs(expected[key])))
+        # The same float32 graph, traced twice: round-off of float32 only.
+        np.testing.assert_allclose(got[key], expected[key], rtol=0, atol=1e-5 * scale, err_msg=key)
+        # The bfloat16 model is 2**-8 away: far outside that tolerance.
+        error = float(tf.reduce_max(tf.abs(tf.cast(rounded[key], tf.float32) - expected[key])))
+        assert error > 1e-3 * scale, key
+    # The float32 weights are the export's, unchanged.
+    assert all(v.dtype == tf.float32 for v in loaded.variables if v.dtype.is_floating)

@@ -95,3 +95,36 @@ def test_knn_monitor_writes_its_scalar_at_the_requested_steps(tmp_path):
         for event in events.Tensors("knn_top1"):
             written[event.step] = float(tf.make_ndarray(event.tensor_proto))
     assert written == pytest.approx(dict(monitor.history))
+
+
+def test_knn_monitor_embeds_a_mixed_precision_model_in_float32():
+    """The monitor reads features of a float32 copy, brought up to date with the training
+    model's weights at every evaluation (bfloat16 features would be 2**-8 off)."""
+    rng = np.random.default_rng(0)
+    x = rng.random((16, 8, 8, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 16)
+    labelled = tf.data.Dataset.from_tensor_slices((x[..., :3], y)).batch(8)
+    keras.utils.set_random_seed(0)
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = SimCLRModel(ResNet(18, 0.25, cifar_stem=True), num_classes=3, temperature=0.5)
+        model.build((None, 8, 8, 3))
+    finally:
+        keras.config.set_dtype_policy("float32")
+    model.compile(optimizer=build_optimizer("lars", 0.1))
+    reference = SimCLRModel(ResNet(18, 0.25, cifar_stem=True), num_classes=3, temperature=0.5)
+    reference.build((None, 8, 8, 3))
+    monitor = KNNMonitor(labelled, labelled, 3, every_steps=2, k=3)
+    monitor.set_model(model)
+    images = tf.constant(x[..., :3])
+    for _ in range(2):  # before and after the weights change
+        reference.set_weights(model.get_weights())
+        features, labels = monitor._features(labelled)
+        expected = reference.encoder(images, training=False)["final_avg_pool"].numpy()
+        scale = np.abs(expected).max()
+        np.testing.assert_allclose(features, expected, rtol=0, atol=1e-5 * scale)
+        np.testing.assert_array_equal(labels, y)
+        rounded = model.encoder(images, training=False)["final_avg_pool"]
+        assert np.abs(rounded.numpy().astype(np.float32) - expected).max() > 1e-3 * scale
+        data = tf.data.Dataset.from_tensors((x, y)).repeat()
+        model.fit(data, steps_per_epoch=1, verbose=0, shuffle=False)

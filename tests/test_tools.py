@@ -183,7 +183,7 @@ def test_cifar_study_probes_a_bfloat16_encoder_in_float32():
     model = cifar_study.built(cifar_study.config_for(args), None)
     images = tf.random.stateless_uniform((4, 32, 32, 3), seed=(1, 2))
     mixed = model.encoder(images, training=False)["final_avg_pool"]
-    twin = cifar_study.float32_encoder(args, model)
+    twin = cifar_study.float32_encoder(model)
     features = twin(images, training=False)["final_avg_pool"]
     assert mixed.dtype == tf.bfloat16 and features.dtype == tf.float32
     assert {w.dtype for w in twin.weights} == {"float32"}
@@ -222,11 +222,14 @@ def test_cifar_study_writes_its_plot_table_and_json(tmp_path):
     saved = json.loads((out / "study.json").read_text())
     assert saved["curves"]["knn"] and saved["curves"]["pretraining"]
 
-    # --no-supervised: SimCLR and the random encoder only (to compare pretraining settings).
-    summary = study("--steps=2", "--probe_epochs=1", "--no-supervised", f"--out={out}_simclr")
-    assert "supervised" not in summary and summary["simclr"]["steps"] == 2
+    # --no-supervised --no-random: SimCLR only (to compare pretraining settings).
+    summary = study(
+        "--steps=2", "--probe_epochs=1", "--no-supervised", "--no-random", f"--out={out}_simclr"
+    )
+    assert set(summary) == {"machine", "mixed_precision", "simclr"}
+    assert summary["simclr"]["steps"] == 2
     table = (tmp_path / "study_simclr" / "study.md").read_text().splitlines()
-    assert len(table) == 2 + 4 and not [row for row in table if row.startswith("| supervised")]
+    assert len(table) == 2 + 2 and all(row.startswith("| SimCLR") for row in table[2:])
 
 
 @pytest.fixture(scope="module")

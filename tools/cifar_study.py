@@ -14,7 +14,7 @@ test.npz, its first 1,000 images exact):
     pretraining;
   * random: the same encoder, randomly initialised, probed the same way;
   * supervised: the same encoder trained from scratch with labels (crop + flip) for
-    the same --minutes; its own classifier's test accuracy.
+    the same --minutes; its own classifier's test accuracy (computed in float32).
 Writes study.png (contrastive loss, contrastive accuracy and kNN top-1 against time),
 study.md (the table), study.json and the SimCLR model's weights
 (simclr.weights.h5) into --out. Every encoder is probed in float32, whatever
@@ -44,6 +44,7 @@ from simclr_tf2.config import PRECISIONS, Config  # noqa: E402
 from simclr_tf2.data.pipeline import build_dataset  # noqa: E402
 from simclr_tf2.data.sources import load_source  # noqa: E402
 from simclr_tf2.knn import knn_accuracy  # noqa: E402
+from simclr_tf2.models.simclr import float32_copy  # noqa: E402
 from simclr_tf2.optim import WarmUpAndCosineDecay  # noqa: E402
 from simclr_tf2.precision import resolve_precision  # noqa: E402
 from tools.hardware import cores, matmul_peak_gflops  # noqa: E402
@@ -127,7 +128,7 @@ def probe(encoder, train, tests, epochs):
     return out
 
 
-def config_for(args, train_mode="pretrain", precision=None) -> Config:
+def config_for(args, train_mode="pretrain") -> Config:
     return Config.from_flags(
         train_mode=train_mode,
         optimizer="lars" if train_mode == "pretrain" else "momentum",
@@ -142,22 +143,16 @@ def config_for(args, train_mode="pretrain", precision=None) -> Config:
         weight_decay=1e-4 if train_mode == "pretrain" else 5e-4,
         lineareval_while_pretraining=False,
         seed=args.seed,
-        mixed_precision=precision or args.mixed_precision,
+        mixed_precision=args.mixed_precision,
     )
 
 
-def float32_encoder(args, model):
-    """`model`'s encoder (its float32 master weights) in a float32 twin, for the probes.
-
-    Features computed in bfloat16 keep 8 bits of mantissa: the small differences between
-    images that a standardised linear probe reads are lost (on 2026-12-06, probing the
-    bfloat16 encoder directly cost the random encoder 6 and SimCLR's 8 points of top-1,
-    kNN 1 point), so every encoder is evaluated in float32 whatever it was trained in.
-    """
-    twin = built(config_for(args, precision="none"), None).encoder
-    twin(tf.zeros((1, 32, 32, 3)), training=False)
-    twin.set_weights(model.encoder.get_weights())
-    return twin
+def float32_encoder(model):
+    """`model`'s encoder in float32 (`float32_copy`), for the probes: bfloat16 features
+    lose the small differences between images that a standardised linear probe reads
+    (on 2026-12-06, probing the bfloat16 encoder directly cost the random encoder 6 and
+    SimCLR's 8 points of top-1, kNN 1 point)."""
+    return float32_copy(model).encoder
 
 
 def built(config, num_classes):
@@ -228,6 +223,13 @@ def main(argv=None) -> int:
         help="also train the supervised baseline for the same budget (--no-supervised: "
         "SimCLR and the random encoder only, to compare pretraining settings)",
     )
+    parser.add_argument(
+        "--random",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also probe the randomly initialised encoder (--no-random: SimCLR only; the "
+        "random encoder of a --seed is the same in every precision)",
+    )
     args = parser.parse_args(argv)
     if args.steps:
         args.minutes = float("inf")
@@ -282,14 +284,14 @@ def main(argv=None) -> int:
     log(f"pretraining done: {int(model.optimizer.iterations.numpy())} steps; kNN {monitor.history}")
     results["curves"] = {"pretraining": timer.rows, "knn": monitor.history, "step_seconds": step_s}
     model.save_weights(os.path.join(args.out, "simclr.weights.h5"))
-    results["simclr"] = probe(float32_encoder(args, model), train, tests, args.probe_epochs)
+    results["simclr"] = probe(float32_encoder(model), train, tests, args.probe_epochs)
     results["simclr"]["steps"] = int(model.optimizer.iterations.numpy())
     results["simclr"]["minutes"] = minutes
     results["simclr"]["training_minutes"] = round(timer.rows[-1]["seconds"] / 60, 1)
     log(f"SimCLR probes: {results['simclr']}")
-    random_twin = float32_encoder(args, random_encoder)
-    results["random"] = probe(random_twin, train, tests, args.probe_epochs)
-    log(f"random-init probes: {results['random']}")
+    if args.random:
+        results["random"] = probe(float32_encoder(random_encoder), train, tests, args.probe_epochs)
+        log(f"random-init probes: {results['random']}")
     save(args, results)
     if args.supervised:
         supervised_baseline(args, train, tests, budget, results)
@@ -316,8 +318,11 @@ def supervised_baseline(args, train, tests, budget, results) -> None:
         callbacks=[sup_timer],
     )
     results["supervised"] = {"steps": int(supervised.optimizer.iterations.numpy())}
+    # Judged in float32 like the probed encoders (and like run.py's evaluation).
+    evaluated = float32_copy(supervised)
+    evaluated.compile()
     for name, source in tests.items():
-        metrics = supervised.evaluate(
+        metrics = evaluated.evaluate(
             build_dataset(source, 500, 32, "eval"), verbose=0, return_dict=True
         )
         results["supervised"][name] = {"top1": float(metrics["supervised_acc"])}
@@ -357,9 +362,13 @@ def write_outputs(args, results) -> None:
     for name in results["simclr"]:
         if not isinstance(results["simclr"][name], dict):
             continue
-        s, r = results["simclr"][name], results["random"][name]
+        s = results["simclr"][name]
         lines.append(f"| SimCLR | {name} | {s['linear_top1']:.3f} | {s['knn_top1']:.3f} | |")
-        lines.append(f"| random init | {name} | {r['linear_top1']:.3f} | {r['knn_top1']:.3f} | |")
+        if "random" in results:
+            r = results["random"][name]
+            lines.append(
+                f"| random init | {name} | {r['linear_top1']:.3f} | {r['knn_top1']:.3f} | |"
+            )
         if "supervised" in results:
             sup = results["supervised"][name]["top1"]
             lines.append(f"| supervised | {name} | | | {sup:.3f} |")
