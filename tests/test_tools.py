@@ -195,6 +195,37 @@ def test_cifar_study_probes_a_bfloat16_encoder_in_float32():
     assert not np.array_equal(features.numpy(), mixed)
 
 
+@pytest.mark.parametrize("planned", [1000, 100])
+def test_cifar_study_budget_replans_its_schedule_to_end_with_the_time(planned):
+    """The first estimate of a step's time is 4x too slow or 2x too fast: the schedule is
+    re-planned from the steps' own time, so the learning rate reaches ~0 as the budget
+    (100 s of 0.5 s steps after a 5 s first step: 191 steps) runs out."""
+    import types
+
+    from tools import cifar_study
+
+    schedule = cifar_study.BudgetSchedule(1.0, 256, planned, planned // 20)
+    now = [0.0]
+    budget = cifar_study.Budget(100.0, schedule=schedule, clock=lambda: now[0])
+    iterations = tf.Variable(0, dtype=tf.int64)
+    model = types.SimpleNamespace(
+        stop_training=False, optimizer=types.SimpleNamespace(iterations=iterations)
+    )
+    budget.set_model(model)
+    budget.on_train_begin()
+    while not model.stop_training and iterations.numpy() < 4 * planned:
+        now[0] += 5.0 if iterations.numpy() == 0 else 0.5
+        iterations.assign_add(1)
+        budget.on_train_batch_end(0, {"contrast_loss": 1.0})
+    steps = int(iterations.numpy())
+    assert 188 <= steps <= 192, budget.replans
+    # Where it stopped, the rate has decayed to (nearly) nothing.
+    assert float(schedule(steps)) < 0.01 * schedule.peak_learning_rate
+    assert len(budget.replans) == len(cifar_study.Budget.REPLAN_AT)
+    # Every re-plan measured the steps' real time.
+    assert all(abs(r["step_seconds"] - 0.5) < 1e-9 for r in budget.replans)
+
+
 @pytest.mark.long
 def test_cifar_study_writes_its_plot_table_and_json(tmp_path):
     # The whole study in miniature: a second of each training on 256 images, tiny width.

@@ -67,7 +67,9 @@ class WarmUpAndCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
         step = ops.cast(step, "float32")
         peak = ops.cast(self.peak_learning_rate, "float32")
         warmup = float(self.warmup_steps)
-        decay_steps = float(max(self.total_steps - self.warmup_steps, 1))
+        # Through ops, so that a subclass may hold total_steps in a variable and change it
+        # while training (tools/cifar_study.py fits a time budget so).
+        decay_steps = ops.maximum(ops.cast(self.total_steps, "float32") - warmup, 1.0)
         progress = ops.clip((step - warmup) / decay_steps, 0.0, 1.0)
         cosine = peak * 0.5 * (1.0 + ops.cos(math.pi * progress))
         if self.warmup_steps == 0:
