@@ -558,6 +558,18 @@ def validate(config: Config, num_replicas: int = 1) -> Config:
             c["strategy"],
             "--use_tpu/--tpu_name/--master need --strategy=tpu (or auto).",
         )
+    tpu = c["strategy"] == "tpu" or c["use_tpu"] or c["tpu_name"] or c["master"]
+    if c["steps_per_execution"] > 1 and num_replicas > 1 and not tpu:
+        # Keras 3 runs the steps of one call in a tf.while_loop whose tf.cond holds the
+        # step; the step's cross-replica ops (all-gather, synchronised batch norm, the
+        # optimizer's merge) then fail with "You must feed a value for placeholder tensor"
+        # (keras-team/keras#19246; seen with 2 logical CPUs, float32 and bfloat16).
+        _fail(
+            "steps_per_execution",
+            c["steps_per_execution"],
+            f"Keras cannot run several steps per call over {num_replicas} replicas outside a "
+            "TPU (keras-team/keras#19246); use 1 (the default).",
+        )
     if c["jit_compile"] and c["num_logical_cpus"] > 1:
         _fail(
             "jit_compile",

@@ -51,6 +51,11 @@ def test_defaults_are_the_paper_codes_and_valid():
             1,
             "--train_steps=10: must be a multiple of --steps_per_execution=4",
         ),
+        (
+            dict(steps_per_execution=2, train_steps=10, checkpoint_steps=2),
+            2,
+            "--steps_per_execution=2: Keras cannot run several steps per call over 2 replicas",
+        ),
         (dict(num_logical_cpus=-1), 1, "--num_logical_cpus=-1: must not be negative"),
         (dict(cluster_timeout=-5), 1, "--cluster_timeout=-5: must not be negative"),
         (dict(use_tpu=True, strategy="mirrored"), 1, "--strategy=mirrored: --use_tpu/--tpu_name"),

@@ -85,6 +85,34 @@ def test_scale_out_mistakes_exit_2_with_one_line(tmp_path, args, message):
     assert re.search(message, one_line_error(proc)), proc.stderr[-1000:]
 
 
+def test_bfloat16_over_two_replicas_is_evaluated_and_monitored_in_float32(tmp_path):
+    # Synchronised batch norm over 2 logical CPUs: evaluation's float32 copy is made in the
+    # strategy's scope, the kNN monitor's beside it (callbacks run outside the scope).
+    proc = run(
+        *TINY,
+        "--train_batch_size=16",
+        "--train_split=train[:64]",
+        "--knn_eval_every=1",
+        "--knn_k=20",
+        "--mode=train_then_eval",
+        "--train_steps=4",
+        "--eval_steps=1",
+        "--mixed_precision=mixed_bfloat16",
+        "--strategy=mirrored",
+        "--num_logical_cpus=2",
+        f"--model_dir={tmp_path}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Strategy MirroredStrategy (/job:localhost/replica:0/task:0/device:CPU:0, " in (
+        proc.stderr
+    )
+    assert re.search(r"kNN top-1 at step 4: [01]\.\d+ \(k=20, 64 bank, 360 queries\)", proc.stderr)
+    assert "Evaluating in float32 (a copy of the mixed_bfloat16 model's weights)" in proc.stderr
+    with open(tmp_path / "result.json") as f:
+        result = json.load(f)
+    assert result["global_step"] == 4 and 0.0 <= result["top_1_accuracy"] <= 1.0
+
+
 def test_bfloat16_with_steps_per_execution_end_to_end(tmp_path):
     # Also the kNN monitor: an epoch of train[:64] is 4 steps, seen at step 6 (executions of 3).
     # Batch 16: bfloat16 matmuls are emulated, slowly, on CPUs without AVX-512 BF16.
@@ -107,6 +135,7 @@ def test_bfloat16_with_steps_per_execution_end_to_end(tmp_path):
     assert "Strategy OneDeviceStrategy (/job:localhost/replica:0/task:0/device:CPU:0)" in (
         proc.stderr
     )
+    assert "Evaluating in float32 (a copy of the mixed_bfloat16 model's weights)" in proc.stderr
     assert "precision mixed_bfloat16" in proc.stderr
     assert checkpoints(tmp_path)[-1] == 6  # the planned step, exactly
     with open(tmp_path / "result.json") as f:
