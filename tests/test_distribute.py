@@ -85,19 +85,26 @@ def test_scale_out_mistakes_exit_2_with_one_line(tmp_path, args, message):
     assert re.search(message, one_line_error(proc)), proc.stderr[-1000:]
 
 
+# A bfloat16 train_then_eval with the kNN monitor every epoch (train[:64]: 4 steps of 16).
+# Batch 16: bfloat16 matmuls are emulated, slowly, on CPUs without AVX-512 BF16.
+BFLOAT16_RUN = [
+    *TINY,
+    "--train_batch_size=16",
+    "--train_split=train[:64]",
+    "--knn_eval_every=1",
+    "--knn_k=20",
+    "--mode=train_then_eval",
+    "--eval_steps=1",
+    "--mixed_precision=mixed_bfloat16",
+]
+
+
 def test_bfloat16_over_two_replicas_is_evaluated_and_monitored_in_float32(tmp_path):
     # Synchronised batch norm over 2 logical CPUs: evaluation's float32 copy is made in the
     # strategy's scope, the kNN monitor's beside it (callbacks run outside the scope).
     proc = run(
-        *TINY,
-        "--train_batch_size=16",
-        "--train_split=train[:64]",
-        "--knn_eval_every=1",
-        "--knn_k=20",
-        "--mode=train_then_eval",
+        *BFLOAT16_RUN,
         "--train_steps=4",
-        "--eval_steps=1",
-        "--mixed_precision=mixed_bfloat16",
         "--strategy=mirrored",
         "--num_logical_cpus=2",
         f"--model_dir={tmp_path}",
@@ -115,18 +122,10 @@ def test_bfloat16_over_two_replicas_is_evaluated_and_monitored_in_float32(tmp_pa
 
 def test_bfloat16_with_steps_per_execution_end_to_end(tmp_path):
     # Also the kNN monitor: an epoch of train[:64] is 4 steps, seen at step 6 (executions of 3).
-    # Batch 16: bfloat16 matmuls are emulated, slowly, on CPUs without AVX-512 BF16.
     proc = run(
-        *TINY,
-        "--train_batch_size=16",
-        "--train_split=train[:64]",
-        "--knn_eval_every=1",
-        "--knn_k=20",
-        "--mode=train_then_eval",
+        *BFLOAT16_RUN,
         "--train_steps=6",
         "--checkpoint_steps=3",
-        "--eval_steps=1",
-        "--mixed_precision=mixed_bfloat16",
         "--steps_per_execution=3",
         "--strategy=one_device",
         f"--model_dir={tmp_path}",
