@@ -59,6 +59,11 @@ PRECISION_NAMES = {
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
 
 
+# `fit`'s steps, as a multiple of the planned ones: room for a re-planned schedule (`Budget`
+# stops the training where the schedule or the budget ends).
+FIT_ROOM = 4
+
+
 class BudgetSchedule(WarmUpAndCosineDecay):
     """WarmUpAndCosineDecay whose total steps `Budget` re-plans while training (a
     variable): the budget is time, and a step's time is known only once training runs."""
@@ -83,7 +88,8 @@ class Budget(keras.callbacks.Callback):
     re-plan, and `fit` also stops where the schedule ends: the learning rate decays to 0
     as the budget runs out, whatever the first estimate of a step's time was (a
     throwaway model's steps were 0.53 s on 2026-12-07 against 0.82 s in the run, which
-    ended at 61% of its cosine schedule).
+    ended at 61% of its cosine schedule). An infinite budget (--steps) is never
+    re-planned: `fit` stops at the schedule's planned end, exactly.
     """
 
     REPLAN_AT = (0.05, 0.15, 0.3, 0.5, 0.7, 0.85)
@@ -236,24 +242,9 @@ def plan(config, num_classes, data, budget, fixed_steps=0) -> tuple[float, int]:
     return step_s, fixed_steps or max(10, int(budget / step_s))
 
 
-def schedule_for(args):
-    """A budget of time re-plans its schedule (`Budget`); --steps fixes it."""
-    return WarmUpAndCosineDecay if args.steps else BudgetSchedule
-
-
-def replanned(schedule):
-    return schedule if isinstance(schedule, BudgetSchedule) else None
-
-
-def fit_steps(args, planned: int) -> int:
-    """`fit`'s steps: --steps exactly, else room for a re-planned schedule (`Budget`
-    stops the training where the schedule or the budget ends)."""
-    return planned if args.steps else 4 * planned
-
-
-def compile_for(model, config, learning_rate, steps, schedule_class=WarmUpAndCosineDecay):
+def compile_for(model, config, learning_rate, steps) -> BudgetSchedule:
     batch = config.train.train_batch_size
-    schedule = schedule_class(learning_rate, batch, steps, max(1, steps // 20))
+    schedule = BudgetSchedule(learning_rate, batch, steps, max(1, steps // 20))
     compile_model(model, config, schedule)
     return schedule
 
@@ -342,15 +333,15 @@ def main(argv=None) -> int:
     keras.utils.set_random_seed(args.seed)
     model = built(config, None)
     random_encoder = built(config, None)
-    schedule = compile_for(model, config, 1.0, steps, schedule_for(args))
+    schedule = compile_for(model, config, 1.0, steps)
     monitor = TimedKNNMonitor(
         knn_bank, knn_queries, 10, max(1, int(args.knn_every_minutes * 60 / step_s)), k=200
     )
-    timer = Budget(budget, excluded=lambda: monitor.seconds, schedule=replanned(schedule))
+    timer = Budget(budget, excluded=lambda: monitor.seconds, schedule=schedule)
     started = time.time()
     model.fit(
         data,
-        steps_per_epoch=fit_steps(args, steps),
+        steps_per_epoch=FIT_ROOM * steps,
         epochs=1,
         verbose=0,
         shuffle=False,
@@ -388,13 +379,11 @@ def supervised_baseline(args, train, tests, budget, results) -> None:
     log(f"supervised: {sup_step_s:.2f} s/step, planning {sup_steps} steps in {args.minutes} min")
     keras.utils.set_random_seed(args.seed)
     supervised = built(sup_config, 10)
-    schedule = compile_for(supervised, sup_config, 0.1, sup_steps, schedule_for(args))
-    sup_timer = Budget(
-        budget, keys=("supervised_loss", "supervised_acc"), schedule=replanned(schedule)
-    )
+    schedule = compile_for(supervised, sup_config, 0.1, sup_steps)
+    sup_timer = Budget(budget, keys=("supervised_loss", "supervised_acc"), schedule=schedule)
     supervised.fit(
         sup_data,
-        steps_per_epoch=fit_steps(args, sup_steps),
+        steps_per_epoch=FIT_ROOM * sup_steps,
         epochs=1,
         verbose=0,
         shuffle=False,
