@@ -196,7 +196,7 @@ def test_cifar_study_probes_a_bfloat16_encoder_in_float32():
 
 
 @pytest.mark.parametrize("planned", [1000, 100])
-def test_cifar_study_budget_replans_its_schedule_to_end_with_the_time(planned):
+def test_cifar_study_budget_replans_its_schedule_to_end_with_the_time(planned, capsys):
     """The first estimate of a step's time is 4x too slow or 2x too fast: the schedule is
     re-planned from the steps' own time, so the learning rate reaches ~0 as the budget
     (100 s of 0.5 s steps after a 5 s first step: 191 steps) runs out."""
@@ -224,6 +224,12 @@ def test_cifar_study_budget_replans_its_schedule_to_end_with_the_time(planned):
     assert len(budget.replans) == len(cifar_study.Budget.REPLAN_AT)
     # Every re-plan measured the steps' real time.
     assert all(abs(r["step_seconds"] - 0.5) < 1e-9 for r in budget.replans)
+    # Each re-plan is a progress line of the log.
+    lines = [line for line in capsys.readouterr().out.splitlines() if "re-planned" in line]
+    assert len(lines) == len(budget.replans)
+    assert lines[-1].endswith(
+        f"0.50 s/step, schedule re-planned to {budget.replans[-1]['total_steps']} steps"
+    )
 
 
 @pytest.mark.long

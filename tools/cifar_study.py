@@ -142,6 +142,10 @@ class Budget(keras.callbacks.Callback):
         self.replans.append(
             {"step": step, "seconds": elapsed, "step_seconds": step_s, "total_steps": total}
         )
+        log(
+            f"step {step}, {elapsed / 60:.1f} of {self.seconds / 60:.1f} min: "
+            f"{step_s:.2f} s/step, schedule re-planned to {total} steps"
+        )
         self._since = (step, elapsed)
 
 
