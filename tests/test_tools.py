@@ -195,11 +195,13 @@ def test_cifar_study_probes_a_bfloat16_encoder_in_float32():
     assert not np.array_equal(features.numpy(), mixed)
 
 
-@pytest.mark.parametrize("planned", [1000, 100])
-def test_cifar_study_budget_replans_its_schedule_to_end_with_the_time(planned, capsys):
-    """The first estimate of a step's time is 4x too slow or 2x too fast: the schedule is
-    re-planned from the steps' own time, so the learning rate reaches ~0 as the budget
-    (100 s of 0.5 s steps after a 5 s first step: 191 steps) runs out."""
+@pytest.mark.parametrize("planned, warmup", [(300, 20), (800, 20), (100, 5)])
+def test_cifar_study_budget_replans_its_schedule_to_end_with_the_time(planned, warmup, capsys):
+    """The first estimate of a step's time is 1.3x or 4x too slow, or 2x too fast: the
+    schedule is re-planned from the steps' own time, so the learning rate reaches ~0 as
+    the budget (100 s of 0.25 s steps after a 2 s first step: 393 steps) runs out, and a
+    warm-up still running at the first re-plan (step 11) gets its 5% of the real steps
+    (20); one already over (5 steps) stays so."""
     import types
 
     from tools import cifar_study
@@ -214,21 +216,26 @@ def test_cifar_study_budget_replans_its_schedule_to_end_with_the_time(planned, c
     budget.set_model(model)
     budget.on_train_begin()
     while not model.stop_training and iterations.numpy() < 4 * planned:
-        now[0] += 5.0 if iterations.numpy() == 0 else 0.5
+        now[0] += 2.0 if iterations.numpy() == 0 else 0.25
         iterations.assign_add(1)
         budget.on_train_batch_end(0, {"contrast_loss": 1.0})
     steps = int(iterations.numpy())
-    assert 188 <= steps <= 192, budget.replans
+    assert 390 <= steps <= 394, budget.replans
     # Where it stopped, the rate has decayed to (nearly) nothing.
     assert float(schedule(steps)) < 0.01 * schedule.peak_learning_rate
-    assert len(budget.replans) == len(cifar_study.Budget.REPLAN_AT)
+    # Once after the first steps, then at each fraction of the budget.
+    assert len(budget.replans) == 1 + len(cifar_study.Budget.REPLAN_AT)
+    assert budget.replans[0]["step"] == 1 + cifar_study.Budget.FIRST_STEPS
     # Every re-plan measured the steps' real time.
-    assert all(abs(r["step_seconds"] - 0.5) < 1e-9 for r in budget.replans)
+    assert all(abs(r["step_seconds"] - 0.25) < 1e-9 for r in budget.replans)
+    assert int(schedule.warmup_steps.numpy()) == warmup
+    assert float(schedule(warmup)) == pytest.approx(schedule.peak_learning_rate)
     # Each re-plan is a progress line of the log.
     lines = [line for line in capsys.readouterr().out.splitlines() if "re-planned" in line]
     assert len(lines) == len(budget.replans)
+    last = budget.replans[-1]["total_steps"]
     assert lines[-1].endswith(
-        f"0.50 s/step, schedule re-planned to {budget.replans[-1]['total_steps']} steps"
+        f"0.25 s/step, schedule re-planned to {last} steps ({warmup} of warm-up)"
     )
 
 

@@ -65,15 +65,29 @@ FIT_ROOM = 4
 
 
 class BudgetSchedule(WarmUpAndCosineDecay):
-    """WarmUpAndCosineDecay whose total steps `Budget` re-plans while training (a
-    variable): the budget is time, and a step's time is known only once training runs."""
+    """WarmUpAndCosineDecay whose total and warm-up steps `Budget` re-plans while
+    training (variables): the budget is time, and a step's time is known only once
+    training runs. The warm-up keeps its share of the total (`warmup_share`)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self.warmup_share = self.warmup_steps / self.total_steps
         self.total_steps = tf.Variable(float(self.total_steps), trainable=False)
+        self.warmup_steps = tf.Variable(float(self.warmup_steps), trainable=False)
+
+    def replan(self, step: int, total: int) -> None:
+        """`total` steps in all; a warm-up not yet over at `step` is re-planned to its
+        share of them (at least to `step`: one already due ends now)."""
+        self.total_steps.assign(float(total))
+        if step < self.warmup_steps.numpy():
+            self.warmup_steps.assign(float(max(step, round(self.warmup_share * total))))
 
     def get_config(self):
-        return {**super().get_config(), "total_steps": int(self.total_steps.numpy())}
+        return {
+            **super().get_config(),
+            "total_steps": int(self.total_steps.numpy()),
+            "warmup_steps": int(self.warmup_steps.numpy()),
+        }
 
 
 class Budget(keras.callbacks.Callback):
@@ -84,14 +98,18 @@ class Budget(keras.callbacks.Callback):
     monitor runs often or not at all.
 
     With a `BudgetSchedule`, the steps that fit the rest of the budget are re-planned
-    when `REPLAN_AT` fractions of it have passed, from the steps' time since the last
-    re-plan, and `fit` also stops where the schedule ends: the learning rate decays to 0
-    as the budget runs out, whatever the first estimate of a step's time was (a
-    throwaway model's steps were 0.53 s on 2026-12-07 against 0.82 s in the run, which
-    ended at 61% of its cosine schedule). An infinite budget (--steps) is never
-    re-planned: `fit` stops at the schedule's planned end, exactly.
+    `FIRST_STEPS` steps after the first (which traces), so that the warm-up too is
+    planned on the run's own step time, and again when `REPLAN_AT` fractions of the
+    budget have passed, from the steps' time since the last re-plan; `fit` also stops
+    where the schedule ends: the learning rate decays to 0 as the budget runs out,
+    whatever the first estimate of a step's time was (a throwaway model's steps were
+    0.53 s on 2026-12-07 against 0.82 s in the run, which ended at 61% of its cosine
+    schedule; 2.07 s in the next run, against 0.80 s, which left a warm-up of 2% of the
+    steps). An infinite budget (--steps) is never re-planned: `fit` stops at the
+    schedule's planned end, exactly.
     """
 
+    FIRST_STEPS = 10
     REPLAN_AT = (0.05, 0.15, 0.3, 0.5, 0.7, 0.85)
 
     def __init__(
@@ -132,19 +150,28 @@ class Budget(keras.callbacks.Callback):
             self._since = (step, elapsed)
             return
         passed = sum(f * self.seconds <= elapsed for f in self.REPLAN_AT)
-        if passed <= self._passed or step == self._since[0]:
+        first = not self.replans and step - self._since[0] >= self.FIRST_STEPS
+        if not first and (passed <= self._passed or step == self._since[0]):
             return
         self._passed = passed
         step_s = (elapsed - self._since[1]) / (step - self._since[0])
         left = max(0.0, self.seconds - elapsed)
-        total = max(step + 1, self.schedule.warmup_steps + 1, step + int(left / step_s))
-        self.schedule.total_steps.assign(float(total))
+        total = max(step + 1, step + int(left / step_s))
+        self.schedule.replan(step, total)
+        warmup = int(self.schedule.warmup_steps.numpy())
         self.replans.append(
-            {"step": step, "seconds": elapsed, "step_seconds": step_s, "total_steps": total}
+            {
+                "step": step,
+                "seconds": elapsed,
+                "step_seconds": step_s,
+                "total_steps": total,
+                "warmup_steps": warmup,
+            }
         )
         log(
             f"step {step}, {elapsed / 60:.1f} of {self.seconds / 60:.1f} min: "
-            f"{step_s:.2f} s/step, schedule re-planned to {total} steps"
+            f"{step_s:.2f} s/step, schedule re-planned to {total} steps "
+            f"({warmup} of warm-up)"
         )
         self._since = (step, elapsed)
 

@@ -66,15 +66,14 @@ class WarmUpAndCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
     def __call__(self, step):
         step = ops.cast(step, "float32")
         peak = ops.cast(self.peak_learning_rate, "float32")
-        warmup = float(self.warmup_steps)
-        # Through ops, so that a subclass may hold total_steps in a variable and change it
-        # while training (tools/cifar_study.py fits a time budget so).
+        # Through ops, so that a subclass may hold the steps in variables and change them
+        # while training (tools/cifar_study.py fits a time budget so). With no warm-up,
+        # step < 0 never holds: the cosine from the first step.
+        warmup = ops.cast(self.warmup_steps, "float32")
         decay_steps = ops.maximum(ops.cast(self.total_steps, "float32") - warmup, 1.0)
         progress = ops.clip((step - warmup) / decay_steps, 0.0, 1.0)
         cosine = peak * 0.5 * (1.0 + ops.cos(math.pi * progress))
-        if self.warmup_steps == 0:
-            return cosine
-        return ops.where(step < warmup, peak * step / warmup, cosine)
+        return ops.where(step < warmup, peak * step / ops.maximum(warmup, 1.0), cosine)
 
     def get_config(self):
         return {
