@@ -239,6 +239,27 @@ def test_cifar_study_budget_replans_its_schedule_to_end_with_the_time(planned, w
     )
 
 
+def test_cifar_study_steps_are_never_replanned():
+    """--steps is an infinite budget: the planned schedule, stopped exactly at its end."""
+    import types
+
+    from tools import cifar_study
+
+    schedule = cifar_study.BudgetSchedule(1.0, 256, 30, 3)
+    budget = cifar_study.Budget(float("inf"), schedule=schedule, clock=lambda: 0.0)
+    iterations = tf.Variable(0, dtype=tf.int64)
+    model = types.SimpleNamespace(
+        stop_training=False, optimizer=types.SimpleNamespace(iterations=iterations)
+    )
+    budget.set_model(model)
+    budget.on_train_begin()
+    while not model.stop_training and iterations.numpy() < 100:
+        iterations.assign_add(1)
+        budget.on_train_batch_end(0, {"contrast_loss": 1.0})
+    assert int(iterations.numpy()) == 30 and not budget.replans
+    assert int(schedule.warmup_steps.numpy()) == 3
+
+
 @pytest.mark.long
 def test_cifar_study_writes_its_plot_table_and_json(tmp_path):
     # The whole study in miniature: a second of each training on 256 images, tiny width.

@@ -150,6 +150,8 @@ class Budget(keras.callbacks.Callback):
             self._since = (step, elapsed)
             return
         passed = sum(f * self.seconds <= elapsed for f in self.REPLAN_AT)
+        if self.seconds == float("inf"):  # --steps: the planned schedule, never re-planned
+            return
         first = not self.replans and step - self._since[0] >= self.FIRST_STEPS
         if not first and (passed <= self._passed or step == self._since[0]):
             return
